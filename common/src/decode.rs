@@ -1,0 +1,182 @@
+//! Decoding ring-buffer records into typed events, without trusting their bytes.
+//!
+//! Receives: one raw record as the ring buffer hands it out. Emits: a [`RawEvent`] borrowing
+//! its payload, or a [`DecodeError`] saying what was wrong. Fields are read by offset with
+//! `from_ne_bytes`, so alignment and truncation can never cause undefined behaviour.
+
+use core::mem::{offset_of, size_of};
+
+use crate::{
+    COMM_LEN, Direction, EventHeader, EventKind, ProcessEvent, TLS_DATA_FLAG_UNREADABLE,
+    TlsDataHeader, TlsFreeEvent, TlsFunction,
+};
+
+/// A decoded record. Payload and comm borrow from the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawEvent<'a> {
+    TlsData(TlsData<'a>),
+    TlsFree { common: Common, conn: u64 },
+    ProcessExec { common: Common, comm: &'a [u8] },
+    ProcessExit { common: Common, comm: &'a [u8] },
+    ExecMapping { common: Common, comm: &'a [u8] },
+}
+
+/// Fields every record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Common {
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+}
+
+/// One TLS data record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsData<'a> {
+    pub common: Common,
+    pub conn: u64,
+    pub buf_addr: u64,
+    pub call_len: u64,
+    pub call_offset: u64,
+    pub direction: Direction,
+    pub function: TlsFunction,
+    /// The kernel could not read this chunk: `missing_len` bytes at `call_offset` are lost.
+    pub unreadable: bool,
+    /// Bytes at `call_offset` this record stands for but could not carry (when unreadable).
+    pub missing_len: u64,
+    pub comm: &'a [u8],
+    pub data: &'a [u8],
+}
+
+/// Why a record could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than its kind's fixed part.
+    Truncated { kind: u32, len: usize, need: usize },
+    /// The header names no known kind.
+    UnknownKind(u32),
+    /// A field holds a value outside its enum.
+    BadField { field: &'static str, value: u64 },
+    /// `data_len` disagrees with the bytes actually present.
+    LengthMismatch { data_len: u32, present: usize },
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Truncated { kind, len, need } => {
+                write!(f, "record of kind {kind} is {len} bytes, needs {need}")
+            }
+            Self::UnknownKind(kind) => write!(f, "unknown record kind {kind}"),
+            Self::BadField { field, value } => write!(f, "field {field} has bad value {value}"),
+            Self::LengthMismatch { data_len, present } => {
+                write!(f, "data_len {data_len} but {present} payload bytes present")
+            }
+        }
+    }
+}
+
+impl DecodeError {
+    /// A short stable name for counters.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Self::Truncated { .. } => "truncated",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::BadField { .. } => "bad_field",
+            Self::LengthMismatch { .. } => "length_mismatch",
+        }
+    }
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[at..at + 4]);
+    u32::from_ne_bytes(b)
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
+fn need(buf: &[u8], kind: u32, size: usize) -> Result<(), DecodeError> {
+    if buf.len() < size {
+        Err(DecodeError::Truncated { kind, len: buf.len(), need: size })
+    } else {
+        Ok(())
+    }
+}
+
+/// The comm up to its first NUL.
+fn comm_at(buf: &[u8], at: usize) -> &[u8] {
+    let comm = &buf[at..at + COMM_LEN];
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    &comm[..end]
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
+    need(buf, 0, size_of::<EventHeader>())?;
+    let kind = u32_at(buf, offset_of!(EventHeader, kind));
+    let common = Common {
+        tgid: u32_at(buf, offset_of!(EventHeader, tgid)),
+        tid: u32_at(buf, offset_of!(EventHeader, tid)),
+        ktime_ns: u64_at(buf, offset_of!(EventHeader, ktime_ns)),
+    };
+    match EventKind::from_u32(kind) {
+        Some(EventKind::TlsData) => decode_tls_data(buf, common).map(RawEvent::TlsData),
+        Some(EventKind::TlsFree) => {
+            need(buf, kind, size_of::<TlsFreeEvent>())?;
+            Ok(RawEvent::TlsFree { common, conn: u64_at(buf, offset_of!(TlsFreeEvent, conn)) })
+        }
+        Some(k @ (EventKind::ProcessExec | EventKind::ProcessExit | EventKind::ExecMapping)) => {
+            need(buf, kind, size_of::<ProcessEvent>())?;
+            let comm = comm_at(buf, offset_of!(ProcessEvent, comm));
+            Ok(match k {
+                EventKind::ProcessExec => RawEvent::ProcessExec { common, comm },
+                EventKind::ProcessExit => RawEvent::ProcessExit { common, comm },
+                _ => RawEvent::ExecMapping { common, comm },
+            })
+        }
+        None => Err(DecodeError::UnknownKind(kind)),
+    }
+}
+
+fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeError> {
+    let fixed = size_of::<TlsDataHeader>();
+    need(buf, EventKind::TlsData as u32, fixed)?;
+    let direction_raw = buf[offset_of!(TlsDataHeader, direction)];
+    let direction = Direction::from_u8(direction_raw)
+        .ok_or(DecodeError::BadField { field: "direction", value: u64::from(direction_raw) })?;
+    let function_raw = buf[offset_of!(TlsDataHeader, function)];
+    let function = TlsFunction::from_u8(function_raw)
+        .ok_or(DecodeError::BadField { field: "function", value: u64::from(function_raw) })?;
+    let flags = buf[offset_of!(TlsDataHeader, flags)];
+    let data_len = u32_at(buf, offset_of!(TlsDataHeader, data_len));
+    let unreadable = flags & TLS_DATA_FLAG_UNREADABLE != 0;
+    let present = buf.len() - fixed;
+    let payload_len = if unreadable { 0 } else { data_len as usize };
+    // Trailing bytes past the payload are tolerated (alignment padding).
+    if payload_len > present {
+        return Err(DecodeError::LengthMismatch { data_len, present });
+    }
+    let call_len = u64_at(buf, offset_of!(TlsDataHeader, call_len));
+    let call_offset = u64_at(buf, offset_of!(TlsDataHeader, call_offset));
+    if call_offset > call_len || u64::from(data_len) > call_len - call_offset {
+        return Err(DecodeError::BadField { field: "call_offset", value: call_offset });
+    }
+    let missing_len = if unreadable { u64::from(data_len) } else { 0 };
+    Ok(TlsData {
+        common,
+        conn: u64_at(buf, offset_of!(TlsDataHeader, conn)),
+        buf_addr: u64_at(buf, offset_of!(TlsDataHeader, buf_addr)),
+        call_len,
+        call_offset,
+        direction,
+        function,
+        unreadable,
+        missing_len,
+        comm: comm_at(buf, offset_of!(TlsDataHeader, comm)),
+        data: &buf[fixed..fixed + payload_len],
+    })
+}

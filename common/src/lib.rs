@@ -1,0 +1,249 @@
+//! The event ABI between tokentap's eBPF programs and its agent, defined once.
+//!
+//! Every record in the ring buffer starts with an [`EventHeader`] whose `kind` says which
+//! `#[repr(C)]` struct follows. TLS payloads are variable-length: a [`TlsDataHeader`] followed by
+//! `data_len` bytes. The names of maps, programs and load-time globals are constants here so
+//! that the kernel and user sides can never disagree on a string.
+//!
+//! With the `user` feature the crate also decodes records ([`decode`]): the layouts and their
+//! readers live side by side, so a field added to a struct is decoded in the same change.
+#![no_std]
+
+/// Names of the BPF maps, used by both sides.
+pub mod maps {
+    /// Ring buffer carrying every event to user space.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU `u64` counters indexed by [`super::KernelCounter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Arguments of in-flight `SSL_read*` calls, keyed by `pid_tgid`.
+    pub const READ_ARGS: &str = "READ_ARGS";
+    /// Per-CPU scratch space where a TLS data record is built before output.
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
+pub mod programs {
+    pub const SSL_WRITE: &str = "ssl_write";
+    pub const SSL_WRITE_EX: &str = "ssl_write_ex";
+    pub const SSL_READ_ENTER: &str = "ssl_read_enter";
+    pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
+    pub const SSL_READ_RETURN: &str = "ssl_read_return";
+    pub const SSL_FREE: &str = "ssl_free";
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const MMAP_EXEC: &str = "mmap_exec";
+}
+
+/// Names of the globals the agent sets at load time.
+pub mod globals {
+    /// Bytes copied from the start of each TLS call (`u64`).
+    pub const HEAD_BYTES: &str = "TOKENTAP_HEAD_BYTES";
+    /// Bytes copied from the end of each TLS call longer than head + tail (`u64`).
+    pub const TAIL_BYTES: &str = "TOKENTAP_TAIL_BYTES";
+}
+
+/// Largest payload carried by one TLS data record. A call's head and tail are cut into records
+/// of at most this many bytes.
+pub const MAX_CHUNK: usize = 16 * 1024;
+/// Upper bound on the records one call may produce; bounds the kernel loop.
+pub const MAX_CHUNKS_PER_CALL: usize = 64;
+/// Upper bound on head + tail, so that a call never needs more than [`MAX_CHUNKS_PER_CALL`]
+/// records.
+pub const MAX_CAPTURE_PER_CALL: u64 = (MAX_CHUNK * MAX_CHUNKS_PER_CALL) as u64;
+/// Default bytes copied from the start of a call: request headers and the first part of a body.
+pub const DEFAULT_HEAD_BYTES: u64 = 64 * 1024;
+/// Default bytes copied from the end of a long call: where SDKs put `model`, `stream`, tools.
+pub const DEFAULT_TAIL_BYTES: u64 = 64 * 1024;
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// What follows an [`EventHeader`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`TlsDataHeader`] and its payload.
+    TlsData = 1,
+    /// A [`TlsFreeEvent`]: the `SSL*` was freed; the connection is over.
+    TlsFree = 2,
+    /// A [`ProcessEvent`]: a process called `execve`.
+    ProcessExec = 3,
+    /// A [`ProcessEvent`]: a process (its thread-group leader) exited.
+    ProcessExit = 4,
+    /// A [`ProcessEvent`]: a process mapped a file executable (a library being loaded).
+    ExecMapping = 5,
+}
+
+impl EventKind {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::TlsData,
+            2 => Self::TlsFree,
+            3 => Self::ProcessExec,
+            4 => Self::ProcessExit,
+            5 => Self::ExecMapping,
+            _ => return None,
+        })
+    }
+}
+
+/// Which way plaintext went through the TLS library, from the hooked process's view.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process wrote plaintext (`SSL_write*`): it is sending.
+    Write = 0,
+    /// The process read plaintext (`SSL_read*`): it is receiving.
+    Read = 1,
+}
+
+impl Direction {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Write),
+            1 => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+
+/// The hooked function a TLS data record came from.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFunction {
+    SslWrite = 0,
+    SslWriteEx = 1,
+    SslRead = 2,
+    SslReadEx = 3,
+}
+
+impl TlsFunction {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            0 => Self::SslWrite,
+            1 => Self::SslWriteEx,
+            2 => Self::SslRead,
+            3 => Self::SslReadEx,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SslWrite => "SSL_write",
+            Self::SslWriteEx => "SSL_write_ex",
+            Self::SslRead => "SSL_read",
+            Self::SslReadEx => "SSL_read_ex",
+        }
+    }
+}
+
+/// Counters the kernel side keeps per CPU, so that nothing is dropped without a count.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCounter {
+    /// Records that did not fit in the ring buffer.
+    RingbufFull = 0,
+    /// Payload bytes in those records.
+    RingbufBytesLost = 1,
+    /// `bpf_probe_read_user` failures on a payload (the bytes are reported as a gap).
+    UserReadFailed = 2,
+    /// `SSL_read*` entries whose arguments could not be stashed.
+    ReadArgsFull = 3,
+    /// `SSL_read*` returns whose `*readbytes` could not be read.
+    ReadBytesUnreadable = 4,
+}
+
+impl KernelCounter {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::RingbufFull,
+        Self::RingbufBytesLost,
+        Self::UserReadFailed,
+        Self::ReadArgsFull,
+        Self::ReadBytesUnreadable,
+    ];
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _reserved: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC): at entry for writes, at return for reads.
+    pub ktime_ns: u64,
+}
+
+/// A slice of the plaintext of one TLS call; `data_len` payload bytes follow it.
+///
+/// A call of `call_len` bytes is copied as a head (`[0, head)`) and, when it is longer than
+/// head + tail, a tail (`[call_len - tail, call_len)`); each part is cut into records of at
+/// most [`MAX_CHUNK`] bytes. `call_offset` places this record inside its call, so the agent
+/// knows the exact length of every gap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsDataHeader {
+    pub header: EventHeader,
+    /// The `SSL*`: with the tgid, the connection's identity.
+    pub conn: u64,
+    /// Address of the caller's buffer; a retried write passes the same one again.
+    pub buf_addr: u64,
+    /// Bytes the call wrote or read in all.
+    pub call_len: u64,
+    /// Offset of this record's payload within the call.
+    pub call_offset: u64,
+    /// Payload bytes following this header; with [`TLS_DATA_FLAG_UNREADABLE`], the bytes that
+    /// could not be read (and no payload follows).
+    pub data_len: u32,
+    /// A [`Direction`].
+    pub direction: u8,
+    /// A [`TlsFunction`].
+    pub function: u8,
+    /// [`TLS_DATA_FLAG_UNREADABLE`] and friends.
+    pub flags: u8,
+    pub _reserved: u8,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The payload of this record could not be read from user memory: the `data_len` bytes at
+/// `call_offset` are missing and no payload follows.
+pub const TLS_DATA_FLAG_UNREADABLE: u8 = 1;
+
+/// The per-CPU scratch record: header and the largest payload.
+#[repr(C)]
+pub struct TlsDataRecord {
+    pub head: TlsDataHeader,
+    pub data: [u8; MAX_CHUNK],
+}
+
+/// The `SSL*` of a connection was freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsFreeEvent {
+    pub header: EventHeader,
+    pub conn: u64,
+}
+
+/// Process lifecycle: exec, exit, executable mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Arguments of an in-flight `SSL_read*` call, stashed at entry and used at return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReadArgs {
+    pub conn: u64,
+    pub buf_addr: u64,
+    /// `size_t *readbytes` of `SSL_read_ex`; 0 for `SSL_read`.
+    pub readbytes_addr: u64,
+}
+
+#[cfg(feature = "user")]
+pub mod decode;

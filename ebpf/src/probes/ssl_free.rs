@@ -1,0 +1,38 @@
+//! `SSL_free(ssl)`: the connection is over and its `SSL*` may be reused by a new one.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::uprobe,
+    programs::ProbeContext,
+};
+use tokentap_common::{EventHeader, EventKind, KernelCounter, TlsFreeEvent};
+
+use crate::maps::{EVENTS, count};
+
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let _ = try_ssl_free(&ctx);
+    0
+}
+
+fn try_ssl_free(ctx: &ProbeContext) -> Result<(), ()> {
+    let conn: u64 = ctx.arg(0).ok_or(())?;
+    if conn == 0 {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = TlsFreeEvent {
+        header: EventHeader {
+            kind: EventKind::TlsFree as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            _reserved: 0,
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        conn,
+    };
+    if EVENTS.output::<TlsFreeEvent>(&event, 0).is_err() {
+        count(KernelCounter::RingbufFull, 1);
+    }
+    Ok(())
+}
