@@ -18,7 +18,7 @@ pub enum RawEvent<'a> {
     TlsFree { common: Common, conn: u64 },
     ProcessExec { common: Common, comm: &'a [u8] },
     ProcessExit { common: Common, comm: &'a [u8] },
-    ExecMapping { common: Common, comm: &'a [u8] },
+    LinkMapChanged { common: Common, comm: &'a [u8] },
 }
 
 /// Fields every record carries.
@@ -101,7 +101,11 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 
 fn need(buf: &[u8], kind: u32, size: usize) -> Result<(), DecodeError> {
     if buf.len() < size {
-        Err(DecodeError::Truncated { kind, len: buf.len(), need: size })
+        Err(DecodeError::Truncated {
+            kind,
+            len: buf.len(),
+            need: size,
+        })
     } else {
         Ok(())
     }
@@ -127,15 +131,18 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         Some(EventKind::TlsData) => decode_tls_data(buf, common).map(RawEvent::TlsData),
         Some(EventKind::TlsFree) => {
             need(buf, kind, size_of::<TlsFreeEvent>())?;
-            Ok(RawEvent::TlsFree { common, conn: u64_at(buf, offset_of!(TlsFreeEvent, conn)) })
+            Ok(RawEvent::TlsFree {
+                common,
+                conn: u64_at(buf, offset_of!(TlsFreeEvent, conn)),
+            })
         }
-        Some(k @ (EventKind::ProcessExec | EventKind::ProcessExit | EventKind::ExecMapping)) => {
+        Some(k @ (EventKind::ProcessExec | EventKind::ProcessExit | EventKind::LinkMapChanged)) => {
             need(buf, kind, size_of::<ProcessEvent>())?;
             let comm = comm_at(buf, offset_of!(ProcessEvent, comm));
             Ok(match k {
                 EventKind::ProcessExec => RawEvent::ProcessExec { common, comm },
                 EventKind::ProcessExit => RawEvent::ProcessExit { common, comm },
-                _ => RawEvent::ExecMapping { common, comm },
+                _ => RawEvent::LinkMapChanged { common, comm },
             })
         }
         None => Err(DecodeError::UnknownKind(kind)),
@@ -146,11 +153,15 @@ fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeErro
     let fixed = size_of::<TlsDataHeader>();
     need(buf, EventKind::TlsData as u32, fixed)?;
     let direction_raw = buf[offset_of!(TlsDataHeader, direction)];
-    let direction = Direction::from_u8(direction_raw)
-        .ok_or(DecodeError::BadField { field: "direction", value: u64::from(direction_raw) })?;
+    let direction = Direction::from_u8(direction_raw).ok_or(DecodeError::BadField {
+        field: "direction",
+        value: u64::from(direction_raw),
+    })?;
     let function_raw = buf[offset_of!(TlsDataHeader, function)];
-    let function = TlsFunction::from_u8(function_raw)
-        .ok_or(DecodeError::BadField { field: "function", value: u64::from(function_raw) })?;
+    let function = TlsFunction::from_u8(function_raw).ok_or(DecodeError::BadField {
+        field: "function",
+        value: u64::from(function_raw),
+    })?;
     let flags = buf[offset_of!(TlsDataHeader, flags)];
     let data_len = u32_at(buf, offset_of!(TlsDataHeader, data_len));
     let unreadable = flags & TLS_DATA_FLAG_UNREADABLE != 0;
@@ -163,7 +174,10 @@ fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeErro
     let call_len = u64_at(buf, offset_of!(TlsDataHeader, call_len));
     let call_offset = u64_at(buf, offset_of!(TlsDataHeader, call_offset));
     if call_offset > call_len || u64::from(data_len) > call_len - call_offset {
-        return Err(DecodeError::BadField { field: "call_offset", value: call_offset });
+        return Err(DecodeError::BadField {
+            field: "call_offset",
+            value: call_offset,
+        });
     }
     let missing_len = if unreadable { u64::from(data_len) } else { 0 };
     Ok(TlsData {

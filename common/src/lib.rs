@@ -31,7 +31,7 @@ pub mod programs {
     pub const SSL_FREE: &str = "ssl_free";
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
-    pub const MMAP_EXEC: &str = "mmap_exec";
+    pub const DL_DEBUG_STATE: &str = "dl_debug_state";
 }
 
 /// Names of the globals the agent sets at load time.
@@ -69,8 +69,8 @@ pub enum EventKind {
     ProcessExec = 3,
     /// A [`ProcessEvent`]: a process (its thread-group leader) exited.
     ProcessExit = 4,
-    /// A [`ProcessEvent`]: a process mapped a file executable (a library being loaded).
-    ExecMapping = 5,
+    /// A [`ProcessEvent`]: the dynamic loader changed a process's link map (`dlopen`).
+    LinkMapChanged = 5,
 }
 
 impl EventKind {
@@ -80,7 +80,7 @@ impl EventKind {
             2 => Self::TlsFree,
             3 => Self::ProcessExec,
             4 => Self::ProcessExit,
-            5 => Self::ExecMapping,
+            5 => Self::LinkMapChanged,
             _ => return None,
         })
     }

@@ -99,7 +99,9 @@ fn emit_part(record: &mut TlsDataRecord, buf_addr: u64, start: u64, end: u64) {
 
 #[inline(always)]
 fn emit_chunk(record: &mut TlsDataRecord, buf_addr: u64, offset: u64, len: u64) {
-    // Re-bound for the verifier: it must see len <= MAX_CHUNK at the helper calls.
+    // Bound len where the verifier can see it: black_box hides what LLVM knows about len, so
+    // the comparison is kept and made on the very register passed to the helpers.
+    let len = core::hint::black_box(len);
     let len = if len > CHUNK { CHUNK } else { len };
     record.head.call_offset = offset;
     record.head.data_len = len as u32;

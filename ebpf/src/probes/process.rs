@@ -1,29 +1,29 @@
-//! Process lifecycle, so the agent attaches to TLS libraries as soon as they are mapped and
+//! Process lifecycle, so the agent attaches to TLS libraries as soon as they are loaded and
 //! forgets connections of processes that are gone.
 //!
-//! `security_mmap_file` runs for every mmap; only executable file mappings (a binary or a
-//! library being loaded) are reported. That is what lets a process that loads libssl after
-//! the agent started be hooked before its first TLS call.
+//! `_dl_debug_state` is the dynamic loader's debugger hook (the `r_debug` protocol): glibc's and
+//! musl's loaders call it whenever a process's link map changes, e.g. right after `dlopen`
+//! mapped a library. A process that loads libssl after the agent started (Python's `import
+//! ssl`) is therefore rescanned at once, before it can send its first byte.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{fentry, tracepoint},
-    programs::{FEntryContext, TracePointContext},
+    macros::{btf_tracepoint, uprobe},
+    programs::{BtfTracePointContext, ProbeContext},
 };
 use tokentap_common::{EventHeader, EventKind, KernelCounter, ProcessEvent};
 
 use crate::maps::{EVENTS, count};
 
-const PROT_EXEC: u64 = 0x4;
-
-#[tracepoint]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+// BTF tracepoints attach without tracefs, which many hosts do not mount.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
     emit_process_event(EventKind::ProcessExec);
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Once per process: when the thread-group leader exits.
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
@@ -32,14 +32,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `int security_mmap_file(struct file *file, unsigned long prot, unsigned long flags)`
-#[fentry(function = "security_mmap_file")]
-pub fn mmap_exec(ctx: FEntryContext) -> u32 {
-    let file: u64 = ctx.arg(0);
-    let prot: u64 = ctx.arg(1);
-    if file != 0 && prot & PROT_EXEC != 0 {
-        emit_process_event(EventKind::ExecMapping);
-    }
+#[uprobe]
+pub fn dl_debug_state(_ctx: ProbeContext) -> u32 {
+    emit_process_event(EventKind::LinkMapChanged);
     0
 }
 

@@ -33,7 +33,10 @@ fn try_read_enter(ctx: &ProbeContext, ex: bool) -> Result<(), ()> {
         buf_addr: ctx.arg(1).ok_or(())?,
         readbytes_addr: if ex { ctx.arg(3).ok_or(())? } else { 0 },
     };
-    if READ_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0).is_err() {
+    if READ_ARGS
+        .insert(&bpf_get_current_pid_tgid(), &args, 0)
+        .is_err()
+    {
         count(KernelCounter::ReadArgsFull, 1);
     }
     Ok(())

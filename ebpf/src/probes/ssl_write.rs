@@ -4,11 +4,7 @@
 //! price is that a write retried after `SSL_ERROR_WANT_WRITE` (non-blocking sockets) is seen
 //! again with the same buffer and length; user space recognises and drops such repeats.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::uprobe,
-    programs::ProbeContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
 use tokentap_common::{Direction, TlsFunction};
 
 use crate::capture::{TlsCall, emit_tls_call};

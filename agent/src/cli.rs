@@ -1,0 +1,138 @@
+//! Command line. Kept in the library so that deployment manifests can be checked against the
+//! real parser.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::ProbeConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokentap",
+    version,
+    about = "LLM API metrics from TLS plaintext captured with eBPF uprobes; no code changes in the observed services."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub capture: CaptureOptions,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and serve /metrics, /healthz and /readyz (the default).
+    Agent(AgentOptions),
+    /// Print every captured TLS chunk as a JSON line on stdout (the debugging view).
+    Capture(CaptureCommandOptions),
+}
+
+/// How plaintext is captured; shared by every subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureOptions {
+    /// Bytes copied from the start of every TLS read or write call.
+    #[arg(long, global = true, default_value_t = tokentap_common::DEFAULT_HEAD_BYTES, value_name = "BYTES")]
+    pub head_bytes: u64,
+    /// Bytes copied from the end of calls longer than head + tail; the middle is skipped and
+    /// counted, so byte offsets stay exact.
+    #[arg(long, global = true, default_value_t = tokentap_common::DEFAULT_TAIL_BYTES, value_name = "BYTES")]
+    pub tail_bytes: u64,
+    /// Size of the kernel-to-agent ring buffer (a power of two).
+    #[arg(long, global = true, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    pub ring_buffer_bytes: u32,
+    /// Also hook this OpenSSL libssl file (repeatable).
+    #[arg(long = "libssl", global = true, value_name = "PATH")]
+    pub libssl: Vec<PathBuf>,
+    /// Seconds between full rescans of /proc for newly loaded TLS libraries (a safety net:
+    /// process starts and library loads trigger scans at once).
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
+    pub rescan_interval: u64,
+    /// Forget connections idle for this many seconds.
+    #[arg(long, global = true, default_value_t = 900, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+    /// Where the host's /proc is mounted.
+    #[arg(long, global = true, default_value = "/proc", value_name = "PATH")]
+    pub proc_root: PathBuf,
+}
+
+impl CaptureOptions {
+    pub fn probe_config(&self) -> ProbeConfig {
+        ProbeConfig {
+            head_bytes: self.head_bytes,
+            tail_bytes: self.tail_bytes,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.probe_config().validate()?;
+        if self.rescan_interval == 0 {
+            return Err("--rescan-interval must be at least 1 second".into());
+        }
+        if self.idle_timeout == 0 {
+            return Err("--idle-timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AgentOptions {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CaptureCommandOptions {
+    /// Only show these processes (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_is_the_default_and_options_are_global() {
+        let cli = Cli::try_parse_from(["tokentap", "--head-bytes", "4096"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.capture.head_bytes, 4096);
+        let cli = Cli::try_parse_from(["tokentap", "capture", "--pid", "7", "--tail-bytes", "0"])
+            .expect("parses");
+        assert!(matches!(cli.command, Some(Command::Capture(ref c)) if c.pids == [7]));
+        assert_eq!(cli.capture.tail_bytes, 0);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cli = Cli::try_parse_from(["tokentap", "--head-bytes", "0"]).expect("parses");
+        let err = cli.capture.validate().expect_err("0 is invalid");
+        assert!(err.contains("--head-bytes"), "{err}");
+        let cli = Cli::try_parse_from(["tokentap", "--ring-buffer-bytes", "1000"]).expect("parses");
+        assert!(
+            cli.capture
+                .validate()
+                .expect_err("invalid")
+                .contains("--ring-buffer-bytes")
+        );
+        assert!(Cli::try_parse_from(["tokentap", "agent", "--listen", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! Finding the libraries to hook: OpenSSL's libssl, and the dynamic loader (whose debugger
+//! hook says when a process has loaded a new library).
+//!
+//! Receives: a pid (or nothing, for the host's standard library directories). Emits:
+//! [`LibraryFile`]s: an open file descriptor on the exact file, with its kind, device and
+//! inode, so that each distinct file is attached once however many processes or paths share
+//! it.
+//!
+//! A path in `/proc/PID/maps` is only a name inside that process's mount namespace, and a
+//! container controls it. Files are therefore opened through `/proc/PID/map_files/` (the very
+//! file that is mapped) or, where that is not permitted, resolved with `openat2` and
+//! `RESOLVE_IN_ROOT` beneath `/proc/PID/root`, and accepted only if their device and inode
+//! match what the kernel reports as mapped. A crafted path cannot steer a probe onto a file
+//! outside the container.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+};
+
+/// A file mapped into a process, as `/proc/PID/maps` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappedFile {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    /// `major:minor` as the kernel prints it (hex).
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub path: PathBuf,
+}
+
+/// Parses `/proc/PID/maps`. Anonymous and pseudo mappings and deleted files are skipped.
+pub fn parse_maps(text: &str) -> Vec<MappedFile> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MappedFile> {
+    let mut rest = line;
+    let mut field = || {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ').unwrap_or(rest.len());
+        let (f, r) = rest.split_at(end);
+        rest = r;
+        f
+    };
+    let range = field();
+    let perms = field();
+    let _offset = field();
+    let dev = field();
+    let inode: u64 = field().parse().ok()?;
+    let path = rest.trim_start_matches(' ');
+    if inode == 0 || !path.starts_with('/') || path.ends_with(" (deleted)") {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    Some(MappedFile {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: perms.to_owned(),
+        dev_major: u32::from_str_radix(major, 16).ok()?,
+        dev_minor: u32::from_str_radix(minor, 16).ok()?,
+        inode,
+        path: PathBuf::from(path),
+    })
+}
+
+/// What a library file is to tokentap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LibraryKind {
+    /// OpenSSL's libssl: the TLS hooks go here.
+    OpenSsl,
+    /// glibc's or musl's dynamic loader: `_dl_debug_state` reports library loads.
+    DynamicLoader,
+}
+
+/// The kind of library a path names, if tokentap hooks it.
+pub fn classify(path: &Path) -> Option<LibraryKind> {
+    if is_openssl_libssl(path) {
+        return Some(LibraryKind::OpenSsl);
+    }
+    let name = path.file_name()?.as_bytes();
+    (name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name == b"ld64.so.2")
+        .then_some(LibraryKind::DynamicLoader)
+}
+
+/// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`), and
+/// not NSS's similarly named `libssl3.so`.
+pub fn is_openssl_libssl(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.as_bytes().starts_with(b"libssl.so"))
+        .unwrap_or(false)
+}
+
+/// One distinct library file, held open.
+#[derive(Debug)]
+pub struct LibraryFile {
+    pub kind: LibraryKind,
+    pub file: File,
+    pub dev: u64,
+    pub inode: u64,
+    /// Where it was found, for people: `/usr/lib/.../libssl.so.3`, or the path inside a
+    /// process with its pid.
+    pub display: String,
+}
+
+impl LibraryFile {
+    /// A path the kernel resolves to exactly this open file (for `perf_event_open`).
+    pub fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    fn from_file(kind: LibraryKind, file: File, display: String) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(Self {
+            kind,
+            dev: meta.dev(),
+            inode: meta.ino(),
+            file,
+            display,
+        })
+    }
+}
+
+/// Why a mapped library could not be opened safely.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLibraryError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "{path} resolves to inode {found} inside pid {pid}'s root, but inode {mapped} is mapped"
+    )]
+    InodeMismatch {
+        pid: u32,
+        path: String,
+        found: u64,
+        mapped: u64,
+    },
+}
+
+/// The libraries `pid` has mapped that tokentap hooks, opened safely. Errors for single files are
+/// returned alongside, so one bad entry never hides the others.
+pub fn process_libraries(
+    proc_root: &Path,
+    pid: u32,
+) -> io::Result<(Vec<LibraryFile>, Vec<OpenLibraryError>)> {
+    let maps = std::fs::read_to_string(proc_root.join(format!("{pid}/maps")))?;
+    let mut seen = Vec::new();
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for m in parse_maps(&maps) {
+        let Some(kind) = classify(&m.path) else {
+            continue;
+        };
+        if seen.contains(&m.inode) {
+            continue;
+        }
+        seen.push(m.inode);
+        match open_mapped(proc_root, pid, &m, kind) {
+            Ok(lib) => found.push(lib),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((found, errors))
+}
+
+fn open_mapped(
+    proc_root: &Path,
+    pid: u32,
+    m: &MappedFile,
+    kind: LibraryKind,
+) -> Result<LibraryFile, OpenLibraryError> {
+    let display = format!("{} (pid {pid})", m.path.display());
+    // The mapped file itself; needs CAP_SYS_ADMIN (or ptrace access on newer kernels).
+    let by_range = proc_root.join(format!("{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    if let Ok(file) = File::open(&by_range) {
+        return Ok(LibraryFile::from_file(kind, file, display)?);
+    }
+    let root = File::open(proc_root.join(format!("{pid}/root")))?;
+    let file = openat2_in_root(&root, &m.path)?;
+    let lib = LibraryFile::from_file(kind, file, display)?;
+    if lib.inode != m.inode {
+        return Err(OpenLibraryError::InodeMismatch {
+            pid,
+            path: m.path.display().to_string(),
+            found: lib.inode,
+            mapped: m.inode,
+        });
+    }
+    Ok(lib)
+}
+
+/// Opens `path` read-only as if `root` were `/`: `..` and absolute symlinks stay inside it.
+fn openat2_in_root(root: &File, path: &Path) -> io::Result<File> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid dirfd, NUL-terminated path and a correctly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const OpenHow,
+            size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// The directories where distributions install libssl, for this architecture.
+pub fn standard_library_dirs() -> Vec<PathBuf> {
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    [
+        format!("/usr/lib/{multiarch}"),
+        format!("/lib/{multiarch}"),
+        "/usr/lib64".into(),
+        "/lib64".into(),
+        "/usr/lib".into(),
+        "/lib".into(),
+        "/usr/local/lib".into(),
+        "/usr/local/lib64".into(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect()
+}
+
+/// Hooked libraries in the standard directories beneath `root` (`/`, or `/proc/1/root` to see the
+/// host from a container), opened within that root.
+pub fn standard_libraries(root: &Path) -> Vec<LibraryFile> {
+    let Ok(root_dir) = File::open(root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dir in standard_library_dirs() {
+        let Ok(entries) = std::fs::read_dir(root.join(dir.strip_prefix("/").unwrap_or(&dir)))
+        else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| dir.join(e.file_name()))
+            .filter(|p| classify(p).is_some())
+            .collect();
+        names.sort();
+        for path in names {
+            let Some(kind) = classify(&path) else {
+                continue;
+            };
+            if let Ok(file) = openat2_in_root(&root_dir, &path) {
+                let display = if root == Path::new("/") {
+                    path.display().to_string()
+                } else {
+                    format!("{}{}", root.display(), path.display())
+                };
+                if let Ok(lib) = LibraryFile::from_file(kind, file, display) {
+                    out.push(lib);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An OpenSSL library given on the command line.
+pub fn libssl_at(path: &Path) -> io::Result<LibraryFile> {
+    let file = File::open(path)?;
+    LibraryFile::from_file(LibraryKind::OpenSsl, file, path.display().to_string())
+}
+
+/// Pids of all processes, from `/proc`.
+pub fn all_pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1311 /usr/bin/python3.11
+7f0e1c000000-7f0e1c021000 rw-p 00000000 00:00 0 
+7f0e1d2a0000-7f0e1d2c0000 r--p 00000000 fd:01 26431 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0e1d2c0000-7f0e1d31c000 r-xp 00020000 fd:01 26431 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0e1d400000-7f0e1d401000 r-xp 00000000 fd:01 4242 /opt/my libs/libssl.so.1.1
+7f0e1d500000-7f0e1d501000 r-xp 00000000 fd:01 4343 /usr/lib/x86_64-linux-gnu/libssl3.so
+7f0e1d600000-7f0e1d601000 r-xp 00000000 fd:01 4444 /tmp/libssl.so.3 (deleted)
+7ffd5e9f1000-7ffd5ea12000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn parses_maps_and_picks_openssl() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 5, "{maps:#?}");
+        let ssl: Vec<_> = maps.iter().filter(|m| is_openssl_libssl(&m.path)).collect();
+        assert_eq!(ssl.len(), 3);
+        assert_eq!(ssl[0].inode, 26431);
+        assert_eq!((ssl[0].dev_major, ssl[0].dev_minor), (0xfd, 1));
+        assert_eq!(ssl[1].start, 0x7f0e1d2c0000);
+        assert_eq!(ssl[2].path, Path::new("/opt/my libs/libssl.so.1.1"));
+    }
+
+    #[test]
+    fn nss_libssl3_is_not_openssl() {
+        assert!(!is_openssl_libssl(Path::new("/usr/lib/libssl3.so")));
+        assert!(is_openssl_libssl(Path::new("/usr/lib/libssl.so")));
+        assert!(!is_openssl_libssl(Path::new("/usr/lib/libcrypto.so.3")));
+        assert_eq!(
+            classify(Path::new("/lib64/ld-linux-x86-64.so.2")),
+            Some(LibraryKind::DynamicLoader)
+        );
+        assert_eq!(
+            classify(Path::new("/lib/ld-musl-x86_64.so.1")),
+            Some(LibraryKind::DynamicLoader)
+        );
+        assert_eq!(classify(Path::new("/usr/lib/libc.so.6")), None);
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tokentap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn resolution_stays_inside_the_root() {
+        // A "container" root whose libssl path is an absolute symlink to a file outside it.
+        let base = temp_dir("root");
+        let outside = base.join("host-secret.so");
+        std::fs::write(&outside, b"host").expect("write");
+        let root = base.join("rootfs");
+        std::fs::create_dir_all(root.join("lib")).expect("mkdir");
+        symlink(&outside, root.join("lib/libssl.so.3")).expect("symlink");
+        let root_file = File::open(&root).expect("open root");
+        let err = openat2_in_root(&root_file, Path::new("/lib/libssl.so.3"));
+        assert!(
+            err.is_err(),
+            "an absolute symlink must resolve inside the root"
+        );
+        // `..` cannot climb out either.
+        assert!(openat2_in_root(&root_file, Path::new("/../host-secret.so")).is_err());
+        // A real file inside the root opens.
+        std::fs::write(root.join("lib/libssl.so.1.1"), b"inside").expect("write");
+        assert!(openat2_in_root(&root_file, Path::new("/lib/libssl.so.1.1")).is_ok());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn finds_libraries_in_standard_dirs_of_a_root() {
+        let root = temp_dir("std");
+        let dir = root.join("usr/lib");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("libssl.so.3"), b"x").expect("write");
+        std::fs::write(dir.join("libssl3.so"), b"nss").expect("write");
+        std::fs::write(dir.join("ld-linux-x86-64.so.2"), b"ld").expect("write");
+        let libs = standard_libraries(&root);
+        assert_eq!(libs.len(), 2);
+        assert_eq!(libs[0].kind, LibraryKind::DynamicLoader);
+        let libs: Vec<_> = libs
+            .into_iter()
+            .filter(|l| l.kind == LibraryKind::OpenSsl)
+            .collect();
+        assert!(
+            libs[0].display.ends_with("/usr/lib/libssl.so.3"),
+            "{}",
+            libs[0].display
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn own_process_maps_are_readable() {
+        // This test binary maps no libssl, but its dynamic loader.
+        let (libs, errors) =
+            process_libraries(Path::new("/proc"), std::process::id()).expect("read own maps");
+        assert!(
+            libs.iter().all(|l| l.kind == LibraryKind::DynamicLoader),
+            "{libs:?}"
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}

@@ -1,0 +1,17 @@
+//! tokentap: LLM API metrics from TLS plaintext captured with eBPF uprobes.
+//!
+//! Data flows one way: kernel records ([`tokentap_common::decode`]) → per-connection byte
+//! streams ([`stream`]) → sinks (the capture view, metrics). The core stages are pure and
+//! tested without a kernel; [`probes`], [`source`] and [`server`] are the thin edges.
+
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod discovery;
+pub mod pipeline;
+pub mod probes;
+pub mod runtime;
+pub mod self_metrics;
+pub mod server;
+pub mod source;
+pub mod stream;

@@ -1,0 +1,373 @@
+//! Loading the eBPF programs and attaching them (the kernel edge).
+//!
+//! Uprobes attach per file (inode): one attach covers every process, present and future, that
+//! maps that file. Libraries are therefore tracked by (device, inode) and attached once.
+
+use std::{collections::HashMap, path::Path};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, UProbe, uprobe::UProbeScope},
+};
+use tokentap_common::{
+    DEFAULT_HEAD_BYTES, DEFAULT_TAIL_BYTES, KernelCounter, MAX_CAPTURE_PER_CALL, globals, maps,
+    programs,
+};
+
+use crate::discovery::{LibraryFile, LibraryKind};
+
+/// The compiled eBPF object, embedded by `build.rs` (empty when built without it).
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-ebpf.o"));
+
+/// What the kernel side is loaded with.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub head_bytes: u64,
+    pub tail_bytes: u64,
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            head_bytes: DEFAULT_HEAD_BYTES,
+            tail_bytes: DEFAULT_TAIL_BYTES,
+            ring_buffer_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProbeConfig {
+    /// Checks the limits the kernel programs rely on.
+    pub fn validate(&self) -> Result<(), String> {
+        let half = MAX_CAPTURE_PER_CALL / 2;
+        if self.head_bytes == 0 || self.head_bytes > half {
+            return Err(format!("--head-bytes must be between 1 and {half}"));
+        }
+        if self.tail_bytes > half {
+            return Err(format!("--tail-bytes must be at most {half}"));
+        }
+        let rb = self.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 * 16 {
+            return Err("--ring-buffer-bytes must be a power of two of at least 65536".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why the kernel side could not be set up. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this binary was built without its eBPF programs; build it with `cargo xtask build` (or `cargo xtask run`)"
+    )]
+    NotEmbedded,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program `{name}` {what}: {source}")]
+    Program {
+        name: &'static str,
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "eBPF object has no program `{0}`; it does not match this agent, rebuild both with `cargo xtask build`"
+    )]
+    MissingProgram(&'static str),
+    #[error("eBPF object has no map `{0}`; rebuild with `cargo xtask build`")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// A library the uprobes are attached to.
+#[derive(Clone, Debug)]
+pub struct AttachedLibrary {
+    pub kind: LibraryKind,
+    pub display: String,
+    /// The functions hooked in it.
+    pub functions: Vec<&'static str>,
+}
+
+/// Why a library could not be hooked.
+#[derive(Debug, thiserror::Error)]
+#[error("{display}: {reason}")]
+pub struct AttachError {
+    pub display: String,
+    pub reason: String,
+}
+
+/// Outcome of offering a library.
+#[derive(Debug)]
+pub enum AttachOutcome {
+    Attached(AttachedLibrary),
+    AlreadyAttached,
+}
+
+/// The dynamic loader's debugger hook, called after every change to a process's link map.
+const LOADER_HOOKS: &[(&str, &str, bool)] = &[(programs::DL_DEBUG_STATE, "_dl_debug_state", false)];
+
+/// (uprobe program, function, is return probe). The return probe is attached before the entry
+/// probes so that no entry is stashed without its return being watched.
+const SSL_HOOKS: &[(&str, &str, bool)] = &[
+    (programs::SSL_READ_RETURN, "SSL_read", true),
+    (programs::SSL_READ_RETURN, "SSL_read_ex", true),
+    (programs::SSL_READ_ENTER, "SSL_read", false),
+    (programs::SSL_READ_EX_ENTER, "SSL_read_ex", false),
+    (programs::SSL_WRITE, "SSL_write", false),
+    (programs::SSL_WRITE_EX, "SSL_write_ex", false),
+    (programs::SSL_FREE, "SSL_free", false),
+];
+
+/// The loaded programs and what they are attached to.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: HashMap<(u64, u64), AttachedLibrary>,
+    /// Files that failed once are not retried on every rescan.
+    rejected: HashMap<(u64, u64), String>,
+    /// Whether process starts and exits are seen as they happen (BTF tracepoints).
+    pub process_watch: Result<(), String>,
+}
+
+impl Probes {
+    /// Loads the object with `config`, loads every program and attaches the process watchers.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NotEmbedded);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::HEAD_BYTES, &config.head_bytes, true)
+            .override_global(globals::TAIL_BYTES, &config.tail_bytes, true)
+            .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        for name in [
+            programs::SSL_WRITE,
+            programs::SSL_WRITE_EX,
+            programs::SSL_READ_ENTER,
+            programs::SSL_READ_EX_ENTER,
+            programs::SSL_READ_RETURN,
+            programs::SSL_FREE,
+            programs::DL_DEBUG_STATE,
+        ] {
+            let prog: &mut UProbe = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name,
+                what: "failed to load",
+                source,
+            })?;
+        }
+        let process_watch = Self::attach_process_watch(&mut ebpf);
+        Ok(Self {
+            ebpf,
+            attached: HashMap::new(),
+            rejected: HashMap::new(),
+            process_watch,
+        })
+    }
+
+    /// The exec/exit tracepoints need kernel BTF; without it the agent still finds new
+    /// processes through the loader hook and periodic rescans.
+    fn attach_process_watch(ebpf: &mut Ebpf) -> Result<(), String> {
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            format!("no kernel BTF ({e}): process exits are noticed late, by rescans")
+        })?;
+        for name in [programs::SCHED_PROCESS_EXEC, programs::SCHED_PROCESS_EXIT] {
+            let prog: &mut BtfTracePoint = program(ebpf, name).map_err(|e| e.to_string())?;
+            prog.load(name, &btf)
+                .map_err(|e| format!("tp_btf {name}: {}", error_chain(&e)))?;
+            prog.attach()
+                .map_err(|e| format!("tp_btf {name}: {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::EVENTS,
+            source,
+        })
+    }
+
+    pub fn take_counters(&mut self) -> Result<KernelCounters, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::COUNTERS)
+            .ok_or(ProbeError::MissingMap(maps::COUNTERS))?;
+        let array = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::COUNTERS,
+            source,
+        })?;
+        Ok(KernelCounters { array })
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &AttachedLibrary> {
+        self.attached.values()
+    }
+
+    /// TLS library files hooked (the loaders are not counted).
+    pub fn tls_libraries(&self) -> usize {
+        self.attached
+            .values()
+            .filter(|a| a.kind == LibraryKind::OpenSsl)
+            .count()
+    }
+
+    /// Attaches the OpenSSL hooks to `lib` unless this file is already hooked.
+    pub fn attach_library(&mut self, lib: &LibraryFile) -> Result<AttachOutcome, AttachError> {
+        let key = (lib.dev, lib.inode);
+        if self.attached.contains_key(&key) {
+            return Ok(AttachOutcome::AlreadyAttached);
+        }
+        if let Some(reason) = self.rejected.get(&key) {
+            return Err(AttachError {
+                display: lib.display.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let target = lib.fd_path();
+        let mut functions = Vec::new();
+        let mut errors = Vec::new();
+        let hooks = match lib.kind {
+            LibraryKind::OpenSsl => SSL_HOOKS,
+            LibraryKind::DynamicLoader => LOADER_HOOKS,
+        };
+        for &(name, function, _ret) in hooks {
+            match attach_uprobe(&mut self.ebpf, name, function, &target) {
+                Ok(()) => {
+                    if !functions.contains(&function) {
+                        functions.push(function);
+                    }
+                }
+                Err(e) => errors.push(format!("{function}: {e}")),
+            }
+        }
+        let usable = match lib.kind {
+            LibraryKind::OpenSsl => {
+                (functions.contains(&"SSL_read") || functions.contains(&"SSL_read_ex"))
+                    && (functions.contains(&"SSL_write") || functions.contains(&"SSL_write_ex"))
+            }
+            LibraryKind::DynamicLoader => !functions.is_empty(),
+        };
+        if !usable {
+            let reason = format!("no usable symbols ({})", errors.join("; "));
+            self.rejected.insert(key, reason.clone());
+            return Err(AttachError {
+                display: lib.display.clone(),
+                reason,
+            });
+        }
+        if !errors.is_empty() {
+            log::debug!("{}: some hooks missing: {}", lib.display, errors.join("; "));
+        }
+        let attached = AttachedLibrary {
+            kind: lib.kind,
+            display: lib.display.clone(),
+            functions,
+        };
+        self.attached.insert(key, attached.clone());
+        Ok(AttachOutcome::Attached(attached))
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?;
+    prog.try_into().map_err(|source| ProbeError::Program {
+        name,
+        what: "has the wrong type",
+        source,
+    })
+}
+
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+    target: &Path,
+) -> Result<(), String> {
+    let prog: &mut UProbe = program(ebpf, name).map_err(|e| e.to_string())?;
+    prog.attach(function, target, UProbeScope::AllProcesses)
+        .map(|_| ())
+        .map_err(|e| error_chain(&e))
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// The kernel's per-CPU loss counters.
+pub struct KernelCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    /// Current totals over all CPUs, indexed like [`KernelCounter::ALL`].
+    pub fn read(&self) -> [u64; KernelCounter::COUNT as usize] {
+        let mut out = [0; KernelCounter::COUNT as usize];
+        for (slot, counter) in out.iter_mut().zip(KernelCounter::ALL) {
+            if let Ok(values) = self.array.get(&(counter as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+/// Checks the environment before loading, so that a missing piece is one clear line.
+pub fn check_environment() -> Result<(), String> {
+    if !has_bpf_privileges() {
+        return Err("tokentap needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs: run it with sudo".into());
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        return Err("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe missing): it needs CONFIG_UPROBE_EVENTS=y".into());
+    }
+    Ok(())
+}
+
+/// Root, or the capabilities that loading and attaching need.
+fn has_bpf_privileges() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(cap_eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |cap: u64| cap_eff & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}

@@ -1,0 +1,288 @@
+//! The agent's own figures, in Prometheus form: what was received, captured, skipped and lost.
+//!
+//! Nothing is dropped without a count: kernel-side losses (ring buffer full, unreadable user
+//! memory, read arguments not stashed), gaps in streams by cause, undecodable records, and
+//! retried writes that were recognised and dropped.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokentap_common::KernelCounter;
+
+use crate::{pipeline::PipelineStats, stream::AssemblerStats};
+
+pub struct SelfMetrics {
+    pub registry: Registry,
+    records: IntCounterVec,
+    decode_errors: IntCounterVec,
+    captured_bytes: IntCounterVec,
+    gap_bytes: IntCounterVec,
+    gaps: IntCounterVec,
+    kernel_lost: IntCounterVec,
+    kernel_lost_bytes: IntCounter,
+    write_retries: IntCounter,
+    out_of_order: IntCounter,
+    connections_opened: IntCounter,
+    connections_evicted: IntCounter,
+    connections_open: IntGauge,
+    processes_seen: IntCounter,
+    tls_processes: IntGauge,
+    libraries_attached: IntGauge,
+    attach_errors: IntCounter,
+    last: Snapshot,
+}
+
+/// Totals as of the previous sync, to turn totals into counter increments.
+#[derive(Default)]
+struct Snapshot {
+    pipeline: PipelineStats,
+    assembler: AssemblerStats,
+    kernel: [u64; KernelCounter::COUNT as usize],
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn kernel_reason(c: KernelCounter) -> Option<&'static str> {
+    match c {
+        KernelCounter::RingbufFull => Some("ringbuf_full"),
+        KernelCounter::UserReadFailed => Some("user_memory_unreadable"),
+        KernelCounter::ReadArgsFull => Some("read_args_full"),
+        KernelCounter::ReadBytesUnreadable => Some("readbytes_unreadable"),
+        KernelCounter::RingbufBytesLost => None,
+    }
+}
+
+impl SelfMetrics {
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        let metrics = Self {
+            records: counter_vec(
+                r,
+                "tokentap_events_received_total",
+                "Ring-buffer records received, by kind.",
+                &["kind"],
+            ),
+            decode_errors: counter_vec(
+                r,
+                "tokentap_events_decode_errors_total",
+                "Records that could not be decoded, by reason.",
+                &["reason"],
+            ),
+            captured_bytes: counter_vec(
+                r,
+                "tokentap_captured_bytes_total",
+                "TLS plaintext bytes captured, by direction (write: sent by the process, read: received).",
+                &["direction"],
+            ),
+            gap_bytes: counter_vec(
+                r,
+                "tokentap_stream_gap_bytes_total",
+                "Stream bytes not captured, by cause (truncated: middle of a call longer than head+tail; lost; unreadable).",
+                &["direction", "cause"],
+            ),
+            gaps: counter_vec(
+                r,
+                "tokentap_stream_gaps_total",
+                "Gaps in connection streams, by cause.",
+                &["direction", "cause"],
+            ),
+            kernel_lost: counter_vec(
+                r,
+                "tokentap_events_lost_total",
+                "Events the kernel side could not deliver or complete, by reason.",
+                &["reason"],
+            ),
+            kernel_lost_bytes: counter(
+                r,
+                "tokentap_bytes_lost_total",
+                "Payload bytes in records the ring buffer had no room for.",
+            ),
+            write_retries: counter(
+                r,
+                "tokentap_write_retries_dropped_total",
+                "SSL_write calls recognised as retries of the previous write (WANT_WRITE) and not appended twice.",
+            ),
+            out_of_order: counter(
+                r,
+                "tokentap_records_out_of_order_total",
+                "Records that did not continue the call in progress.",
+            ),
+            connections_opened: counter(
+                r,
+                "tokentap_tls_connections_total",
+                "TLS connections seen.",
+            ),
+            connections_evicted: counter(
+                r,
+                "tokentap_tls_connections_evicted_total",
+                "TLS connections forgotten after being idle too long.",
+            ),
+            connections_open: gauge(
+                r,
+                "tokentap_tls_connections_open",
+                "TLS connections currently tracked.",
+            ),
+            processes_seen: counter(
+                r,
+                "tokentap_processes_seen_total",
+                "Distinct processes seen using TLS.",
+            ),
+            tls_processes: gauge(
+                r,
+                "tokentap_tls_processes",
+                "Processes with a tracked TLS connection.",
+            ),
+            libraries_attached: gauge(
+                r,
+                "tokentap_tls_libraries_attached",
+                "TLS library files the uprobes are attached to.",
+            ),
+            attach_errors: counter(
+                r,
+                "tokentap_attach_errors_total",
+                "TLS library files that could not be hooked.",
+            ),
+            last: Snapshot::default(),
+            registry,
+        };
+        // Every labelled series exists from the start, so absence never means zero.
+        for kind in PipelineStats::KINDS {
+            metrics.records.with_label_values(&[kind]);
+        }
+        for c in KernelCounter::ALL {
+            if let Some(reason) = kernel_reason(c) {
+                metrics.kernel_lost.with_label_values(&[reason]);
+            }
+        }
+        for d in ["write", "read"] {
+            metrics.captured_bytes.with_label_values(&[d]);
+            for cause in ["truncated", "lost", "unreadable"] {
+                metrics.gap_bytes.with_label_values(&[d, cause]);
+                metrics.gaps.with_label_values(&[d, cause]);
+            }
+        }
+        metrics
+    }
+
+    /// Brings the counters up to date with the current totals.
+    pub fn sync(
+        &mut self,
+        pipeline: &PipelineStats,
+        assembler: &AssemblerStats,
+        kernel: &[u64; KernelCounter::COUNT as usize],
+    ) {
+        let last = &mut self.last;
+        for (i, kind) in PipelineStats::KINDS.iter().enumerate() {
+            inc(
+                &self.records.with_label_values(&[kind]),
+                pipeline.records[i],
+                last.pipeline.records[i],
+            );
+        }
+        for (reason, n) in &pipeline.decode_errors {
+            let before = last
+                .pipeline
+                .decode_errors
+                .get(reason)
+                .copied()
+                .unwrap_or(0);
+            inc(&self.decode_errors.with_label_values(&[reason]), *n, before);
+        }
+        for (d, dir) in ["write", "read"].iter().enumerate() {
+            inc(
+                &self.captured_bytes.with_label_values(&[dir]),
+                pipeline.captured_bytes[d],
+                last.pipeline.captured_bytes[d],
+            );
+            for (c, cause) in ["truncated", "lost", "unreadable"].iter().enumerate() {
+                inc(
+                    &self.gap_bytes.with_label_values(&[dir, cause]),
+                    pipeline.gap_bytes[d][c],
+                    last.pipeline.gap_bytes[d][c],
+                );
+                inc(
+                    &self.gaps.with_label_values(&[dir, cause]),
+                    pipeline.gaps[d][c],
+                    last.pipeline.gaps[d][c],
+                );
+            }
+        }
+        inc(
+            &self.processes_seen,
+            pipeline.processes_seen,
+            last.pipeline.processes_seen,
+        );
+        inc(
+            &self.write_retries,
+            assembler.write_retries_dropped,
+            last.assembler.write_retries_dropped,
+        );
+        inc(
+            &self.out_of_order,
+            assembler.records_out_of_order,
+            last.assembler.records_out_of_order,
+        );
+        inc(
+            &self.connections_opened,
+            assembler.connections_opened,
+            last.assembler.connections_opened,
+        );
+        inc(
+            &self.connections_evicted,
+            assembler.connections_evicted,
+            last.assembler.connections_evicted,
+        );
+        for (i, c) in KernelCounter::ALL.iter().enumerate() {
+            match kernel_reason(*c) {
+                Some(reason) => inc(
+                    &self.kernel_lost.with_label_values(&[reason]),
+                    kernel[i],
+                    last.kernel[i],
+                ),
+                None => inc(&self.kernel_lost_bytes, kernel[i], last.kernel[i]),
+            }
+        }
+        last.pipeline = pipeline.clone();
+        last.assembler = *assembler;
+        last.kernel = *kernel;
+    }
+
+    pub fn set_connections(&self, open: usize, processes: usize) {
+        self.connections_open.set(open as i64);
+        self.tls_processes.set(processes as i64);
+    }
+
+    pub fn set_libraries_attached(&self, n: usize) {
+        self.libraries_attached.set(n as i64);
+    }
+
+    pub fn attach_error(&self) {
+        self.attach_errors.inc();
+    }
+}
+
+fn inc(c: &IntCounter, now: u64, before: u64) {
+    if now > before {
+        c.inc_by(now - before);
+    }
+}

@@ -1,0 +1,117 @@
+//! The HTTP edge: `/healthz`, `/readyz` and `/metrics` on hyper.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+
+/// What the endpoints serve.
+#[derive(Clone)]
+pub struct ServerState {
+    pub registry: Registry,
+    /// Set once the probes are loaded and attached.
+    pub ready: Arc<AtomicBool>,
+    /// Called before `/metrics` is rendered, to bring figures up to date.
+    pub before_scrape: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Binds `addr`; the returned future serves until the runtime stops.
+pub async fn bind(
+    addr: SocketAddr,
+    state: ServerState,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let serve = async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("accept on {local}: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&state, &req)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    log::debug!("http connection: {e}");
+                }
+            });
+        }
+    };
+    Ok((local, serve))
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn respond(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "probes not attached yet\n",
+                )
+            }
+        }
+        "/metrics" => {
+            (state.before_scrape)();
+            let mut buf = Vec::new();
+            let encoder = TextEncoder::new();
+            match encoder.encode(&state.registry.gather(), &mut buf) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    buf,
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
