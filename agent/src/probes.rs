@@ -40,6 +40,11 @@ impl Default for ProbeConfig {
 }
 
 impl ProbeConfig {
+    /// Unread bytes at which the kernel wakes the agent early: an eighth of the ring.
+    pub fn wakeup_bytes(&self) -> u64 {
+        u64::from(self.ring_buffer_bytes / 8)
+    }
+
     /// Checks the limits the kernel programs rely on.
     pub fn validate(&self) -> Result<(), String> {
         let half = MAX_CAPTURE_PER_CALL / 2;
@@ -145,6 +150,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::HEAD_BYTES, &config.head_bytes, true)
             .override_global(globals::TAIL_BYTES, &config.tail_bytes, true)
+            .override_global(globals::WAKEUP_BYTES, &config.wakeup_bytes(), true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;

@@ -25,7 +25,9 @@ use crate::{
 /// How long after an exec or library mapping the process is scanned once more, in case the
 /// library was mapped after the first scan read its maps.
 const FOLLOW_UP_SCAN: Duration = Duration::from_millis(100);
-const TICK: Duration = Duration::from_millis(50);
+/// The poll period: most records are written without waking the agent (see
+/// `globals::WAKEUP_BYTES`), so this bounds how late they are read.
+const TICK: Duration = Duration::from_millis(20);
 const METRICS_SYNC: Duration = Duration::from_millis(250);
 
 enum Wake {
@@ -213,6 +215,14 @@ impl<S: StreamSink> Runtime<S> {
                     after_batch(&mut self.pipeline);
                 }
                 Wake::Tick => {
+                    let pipeline = &mut self.pipeline;
+                    self.source.drain_now(&mut |record| {
+                        if let Some(n) = pipeline.handle_record(record) {
+                            notices.push(n);
+                        }
+                    });
+                    self.handle_notices(&mut notices);
+                    after_batch(&mut self.pipeline);
                     let now = Instant::now();
                     self.run_follow_ups(now);
                     if now.duration_since(last_rescan) >= rescan_every {

@@ -40,6 +40,10 @@ pub mod globals {
     pub const HEAD_BYTES: &str = "TOKENTAP_HEAD_BYTES";
     /// Bytes copied from the end of each TLS call longer than head + tail (`u64`).
     pub const TAIL_BYTES: &str = "TOKENTAP_TAIL_BYTES";
+    /// Unread ring-buffer bytes above which a TLS record wakes the agent (`u64`). Below it
+    /// records are written without a wakeup and the agent collects them on its next poll:
+    /// a wakeup per record would cost every observed call an extra kernel round trip.
+    pub const WAKEUP_BYTES: &str = "TOKENTAP_WAKEUP_BYTES";
 }
 
 /// Largest payload carried by one TLS data record. A call's head and tail are cut into records

@@ -11,7 +11,7 @@ use tokentap_common::{
     MAX_CHUNKS_PER_CALL, TLS_DATA_FLAG_UNREADABLE, TlsDataHeader, TlsDataRecord, TlsFunction,
 };
 
-use crate::maps::{EVENTS, SCRATCH, count};
+use crate::maps::{EVENTS, SCRATCH, batched_output_flags, count};
 
 /// Bytes copied from the start of every call. Set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -126,7 +126,10 @@ fn emit_chunk(record: &mut TlsDataRecord, buf_addr: u64, offset: u64, len: u64) 
     let bytes = unsafe {
         core::slice::from_raw_parts((record as *const TlsDataRecord).cast::<u8>(), size as usize)
     };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS
+        .output::<[u8]>(bytes, batched_output_flags())
+        .is_err()
+    {
         count(KernelCounter::RingbufFull, 1);
         count(KernelCounter::RingbufBytesLost, len);
     }

@@ -24,6 +24,26 @@ pub(crate) static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_en
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<TlsDataRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Unread bytes above which a data record wakes the agent. Set by the agent at load time.
+#[unsafe(no_mangle)]
+static TOKENTAP_WAKEUP_BYTES: u64 = 1024 * 1024;
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Output flags for high-volume records: wake the agent only once enough has piled up; the
+/// agent polls on a short timer for the rest.
+#[inline(always)]
+pub(crate) fn batched_output_flags() -> u64 {
+    let threshold = unsafe { core::ptr::read_volatile(&TOKENTAP_WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 pub(crate) fn count(counter: KernelCounter, by: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

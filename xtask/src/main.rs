@@ -253,12 +253,22 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
     }
     ensure_apt(&["bpftrace"])?;
     let root = workspace_root();
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "tokentap-tests",
+        "--bin",
+        "tls-test-server",
+    ]))?;
     run_cmd(
         Command::new("python3")
             .current_dir(&root)
             .arg(root.join("tests/bench/overhead.py"))
             .arg("--tokentap")
             .arg(target_dir().join("release/tokentap"))
+            .arg("--server")
+            .arg(target_dir().join("release/tls-test-server"))
             .args([
                 "--round-trips",
                 &round_trips.to_string(),

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use tokentap_common::{EventHeader, EventKind, KernelCounter, ProcessEvent};
 
-use crate::maps::{EVENTS, count};
+use crate::maps::{BPF_RB_FORCE_WAKEUP, EVENTS, count};
 
 // BTF tracepoints attach without tracefs, which many hosts do not mount.
 #[btf_tracepoint(function = "sched_process_exec")]
@@ -50,7 +50,11 @@ fn emit_process_event(kind: EventKind) {
         },
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
-    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
+    // Rare, and urgent: a process that just loaded libssl must be hooked before it uses it.
+    if EVENTS
+        .output::<ProcessEvent>(&event, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count(KernelCounter::RingbufFull, 1);
     }
 }

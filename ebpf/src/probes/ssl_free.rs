@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tokentap_common::{EventHeader, EventKind, KernelCounter, TlsFreeEvent};
 
-use crate::maps::{EVENTS, count};
+use crate::maps::{EVENTS, batched_output_flags, count};
 
 #[uprobe]
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
@@ -31,7 +31,10 @@ fn try_ssl_free(ctx: &ProbeContext) -> Result<(), ()> {
         },
         conn,
     };
-    if EVENTS.output::<TlsFreeEvent>(&event, 0).is_err() {
+    if EVENTS
+        .output::<TlsFreeEvent>(&event, batched_output_flags())
+        .is_err()
+    {
         count(KernelCounter::RingbufFull, 1);
     }
     Ok(())
