@@ -218,6 +218,14 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "tokentap-ebpf",
+        "--exclude",
+        "tokentap-tests",
+    ]))?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "test",
+        "--package",
+        "tokentap-tests",
+        "--lib",
     ]))?;
     if unit_only {
         return Ok(());
