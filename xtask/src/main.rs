@@ -84,6 +84,29 @@ fn ebpf_object() -> PathBuf {
     target_dir().join("bpfel-unknown-none/release/tokentap-ebpf")
 }
 
+/// `cargo install`'s bin directory: `$CARGO_HOME/bin`, or `~/.cargo/bin`.
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default()
+        .join("bin")
+}
+
+/// A command for a toolchain tool, with cargo's bin directory first on PATH, so that a
+/// `bpf-linker` just installed there is found even when that directory is not on PATH.
+fn tool(program: &str) -> Command {
+    let mut dirs = vec![cargo_bin_dir()];
+    if let Some(path) = env::var_os("PATH") {
+        dirs.extend(env::split_paths(&path));
+    }
+    let mut cmd = Command::new(program);
+    if let Ok(path) = env::join_paths(dirs) {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
 fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd
         .status()
@@ -110,7 +133,7 @@ fn is_root() -> bool {
 /// Idempotent, and quick when everything is already there.
 fn setup() -> anyhow::Result<()> {
     // The nightly toolchain builds the eBPF crate with -Z build-std=core, which needs rust-src.
-    let sysroot = output_of(Command::new("rustc").args([
+    let sysroot = output_of(tool("rustc").args([
         &format!("+{NIGHTLY}"),
         "--print",
         "sysroot",
@@ -121,7 +144,7 @@ fn setup() -> anyhow::Result<()> {
     let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !rust_src.exists() {
         eprintln!("xtask: installing rust-src for {NIGHTLY}");
-        run_cmd(Command::new("rustup").args([
+        run_cmd(tool("rustup").args([
             "component",
             "add",
             "rust-src",
@@ -129,13 +152,13 @@ fn setup() -> anyhow::Result<()> {
             NIGHTLY,
         ]))?;
     }
-    let linker_ok = output_of(Command::new("bpf-linker").arg("--version"))
+    let linker_ok = output_of(tool("bpf-linker").arg("--version"))
         .map(|v| v.contains(BPF_LINKER_VERSION))
         .unwrap_or(false);
     if !linker_ok {
         // 0.10.2 links against the nightly's own LLVM; newer releases need a system LLVM.
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about 3 minutes)");
-        run_cmd(Command::new("cargo").args([
+        run_cmd(tool("cargo").args([
             "install",
             "bpf-linker",
             "--version",
@@ -158,7 +181,7 @@ fn build_ebpf() -> anyhow::Result<()> {
     ]
     .join("\x1f");
     run_cmd(
-        Command::new("cargo")
+        tool("cargo")
             .current_dir(&root)
             .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
             .env_remove("RUSTC")
@@ -184,7 +207,7 @@ fn build_ebpf() -> anyhow::Result<()> {
 fn build() -> anyhow::Result<()> {
     build_ebpf()?;
     run_cmd(
-        Command::new("cargo")
+        tool("cargo")
             .current_dir(workspace_root())
             .env("TOKENTAP_EBPF_OBJECT", ebpf_object())
             .args(["build", "--release", "--package", "tokentap"]),
@@ -213,7 +236,7 @@ fn run(args: &[OsString]) -> anyhow::Result<()> {
 fn test(unit_only: bool) -> anyhow::Result<()> {
     let root = workspace_root();
     // Unit tests: no privileges, no eBPF object needed.
-    run_cmd(Command::new("cargo").current_dir(&root).args([
+    run_cmd(tool("cargo").current_dir(&root).args([
         "test",
         "--workspace",
         "--exclude",
@@ -221,7 +244,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
         "--exclude",
         "tokentap-tests",
     ]))?;
-    run_cmd(Command::new("cargo").current_dir(&root).args([
+    run_cmd(tool("cargo").current_dir(&root).args([
         "test",
         "--package",
         "tokentap-tests",
@@ -237,7 +260,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
         );
     }
     run_cmd(
-        Command::new("cargo")
+        tool("cargo")
             .current_dir(&root)
             .env("TOKENTAP_BIN", target_dir().join("release/tokentap"))
             .env("TOKENTAP_EBPF_OBJECT", ebpf_object())
@@ -261,7 +284,7 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
     }
     ensure_apt(&["bpftrace"])?;
     let root = workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
+    run_cmd(tool("cargo").current_dir(&root).args([
         "build",
         "--release",
         "--package",
@@ -270,7 +293,7 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
         "tls-test-server",
     ]))?;
     run_cmd(
-        Command::new("python3")
+        tool("python3")
             .current_dir(&root)
             .arg(root.join("tests/bench/overhead.py"))
             .arg("--tokentap")
