@@ -194,3 +194,188 @@ fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeErro
         data: &buf[fixed..fixed + payload_len],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::{EventKind, MAX_CHUNK};
+
+    /// The bytes of a `#[repr(C)]` value, as the kernel writes them.
+    fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        let len = size_of::<T>();
+        let mut out = std::vec![0u8; len];
+        // SAFETY: T is a plain #[repr(C)] record without padding-sensitive invariants; we only
+        // read its bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), out.as_mut_ptr(), len)
+        };
+        out
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            tgid: 10,
+            tid: 11,
+            _reserved: 0,
+            ktime_ns: 12,
+        }
+    }
+
+    fn tls_header(data_len: u32, flags: u8) -> TlsDataHeader {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..7].copy_from_slice(b"python3");
+        TlsDataHeader {
+            header: header(EventKind::TlsData),
+            conn: 0xdead_beef,
+            buf_addr: 0x1000,
+            call_len: 100,
+            call_offset: 40,
+            data_len,
+            direction: Direction::Read as u8,
+            function: TlsFunction::SslReadEx as u8,
+            flags,
+            _reserved: 0,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_tls_data_with_payload_and_padding() {
+        let mut rec = bytes_of(&tls_header(5, 0));
+        rec.extend_from_slice(b"hello\0\0\0"); // ring buffer pads records to 8 bytes
+        let RawEvent::TlsData(d) = decode(&rec).expect("decodes") else {
+            panic!("kind")
+        };
+        assert_eq!(
+            d.common,
+            Common {
+                tgid: 10,
+                tid: 11,
+                ktime_ns: 12
+            }
+        );
+        assert_eq!(
+            (d.conn, d.buf_addr, d.call_len, d.call_offset),
+            (0xdead_beef, 0x1000, 100, 40)
+        );
+        assert_eq!(d.direction, Direction::Read);
+        assert_eq!(d.function, TlsFunction::SslReadEx);
+        assert_eq!(d.comm, b"python3");
+        assert_eq!(d.data, b"hello");
+        assert!(!d.unreadable);
+    }
+
+    #[test]
+    fn unreadable_record_carries_its_missing_length() {
+        let rec = bytes_of(&tls_header(60, TLS_DATA_FLAG_UNREADABLE));
+        let RawEvent::TlsData(d) = decode(&rec).expect("decodes") else {
+            panic!("kind")
+        };
+        assert!(d.unreadable);
+        assert_eq!(d.missing_len, 60);
+        assert!(d.data.is_empty());
+    }
+
+    #[test]
+    fn rejects_what_the_kernel_never_writes() {
+        let good = bytes_of(&tls_header(5, 0));
+        // Every truncation of the fixed part is an error, never a panic.
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        // data_len larger than what is present.
+        assert!(matches!(
+            decode(&good),
+            Err(DecodeError::LengthMismatch {
+                data_len: 5,
+                present: 0
+            })
+        ));
+        // data past the end of the call.
+        let mut h = tls_header(70, 0);
+        h.call_offset = 40;
+        let mut rec = bytes_of(&h);
+        rec.resize(rec.len() + 70, b'x');
+        assert!(matches!(
+            decode(&rec),
+            Err(DecodeError::BadField {
+                field: "call_offset",
+                ..
+            })
+        ));
+        // Bad enums.
+        let mut h = tls_header(0, 0);
+        h.direction = 7;
+        assert!(matches!(
+            decode(&bytes_of(&h)),
+            Err(DecodeError::BadField {
+                field: "direction",
+                ..
+            })
+        ));
+        let mut h = tls_header(0, 0);
+        h.function = 9;
+        assert!(matches!(
+            decode(&bytes_of(&h)),
+            Err(DecodeError::BadField {
+                field: "function",
+                ..
+            })
+        ));
+        let mut h = header(EventKind::TlsFree);
+        h.kind = 99;
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn decodes_free_and_process_events() {
+        let free = TlsFreeEvent {
+            header: header(EventKind::TlsFree),
+            conn: 77,
+        };
+        assert_eq!(
+            decode(&bytes_of(&free)),
+            Ok(RawEvent::TlsFree {
+                common: Common {
+                    tgid: 10,
+                    tid: 11,
+                    ktime_ns: 12
+                },
+                conn: 77
+            })
+        );
+        let mut comm = [0u8; COMM_LEN];
+        comm.copy_from_slice(b"a-full-16-b-comm");
+        for (kind, check) in [
+            (EventKind::ProcessExec, 0),
+            (EventKind::ProcessExit, 1),
+            (EventKind::LinkMapChanged, 2),
+        ] {
+            let ev = ProcessEvent {
+                header: header(kind),
+                comm,
+            };
+            let raw = bytes_of(&ev);
+            let got = decode(&raw).expect("decodes");
+            let c = match (got, check) {
+                (RawEvent::ProcessExec { comm, .. }, 0)
+                | (RawEvent::ProcessExit { comm, .. }, 1)
+                | (RawEvent::LinkMapChanged { comm, .. }, 2) => comm,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(c, b"a-full-16-b-comm", "a comm without NUL is taken whole");
+        }
+    }
+
+    #[test]
+    fn layout_is_what_the_kernel_side_assumes() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<TlsDataHeader>(), 80);
+        assert_eq!(size_of::<crate::TlsDataRecord>(), 80 + MAX_CHUNK);
+        assert_eq!(align_of::<TlsDataHeader>(), 8);
+    }
+}

@@ -133,24 +133,14 @@ fn is_root() -> bool {
 /// Idempotent, and quick when everything is already there.
 fn setup() -> anyhow::Result<()> {
     // The nightly toolchain builds the eBPF crate with -Z build-std=core, which needs rust-src.
-    let sysroot = output_of(tool("rustc").args([
-        &format!("+{NIGHTLY}"),
-        "--print",
-        "sysroot",
-    ]))
-    .context(
-        "the nightly toolchain is missing: install it with `rustup toolchain install nightly`",
-    )?;
+    let sysroot = output_of(tool("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+        .context(
+            "the nightly toolchain is missing: install it with `rustup toolchain install nightly`",
+        )?;
     let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !rust_src.exists() {
         eprintln!("xtask: installing rust-src for {NIGHTLY}");
-        run_cmd(tool("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            NIGHTLY,
-        ]))?;
+        run_cmd(tool("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
     let linker_ok = output_of(tool("bpf-linker").arg("--version"))
         .map(|v| v.contains(BPF_LINKER_VERSION))
