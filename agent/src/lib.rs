@@ -8,6 +8,8 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod discovery;
+pub mod http;
+pub mod llm;
 pub mod pipeline;
 pub mod probes;
 pub mod runtime;

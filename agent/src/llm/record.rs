@@ -1,0 +1,79 @@
+//! The exchange record: everything tokentap knows about one LLM API call. Sinks (metrics,
+//! watch, logs, spans) read only this.
+
+use serde::Serialize;
+
+use crate::http::Role;
+
+/// Token counts. `None` means unknown, never zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// Input tokens, including cached ones (Anthropic: input + cache read + cache creation).
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cache_read: Option<u64>,
+    pub cache_write: Option<u64>,
+    pub reasoning: Option<u64>,
+    /// The counts are estimates (a stream that carried no usage), not what the provider said.
+    pub estimated: bool,
+}
+
+/// One LLM API call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ExchangeRecord {
+    /// `gen_ai.provider.name`: openai, anthropic, gcp.gemini, ..., or the configured name, or
+    /// the host for an unknown host speaking a known API shape.
+    pub provider: String,
+    /// `gen_ai.operation.name`: chat, text_completion, embeddings, generate_content.
+    pub operation: String,
+    /// The API shape it came from: `openai.chat_completions`, `openai.responses`,
+    /// `anthropic.messages`, `gcp.gemini.generate_content`, `aws.bedrock.converse`,
+    /// `ollama.chat`, ...
+    pub api: String,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub response_id: Option<String>,
+    pub streaming: bool,
+    pub role: Option<RoleName>,
+    pub server_address: String,
+    pub server_port: u16,
+    /// HTTP status; `None` when no response arrived.
+    pub http_status: Option<u16>,
+    /// `error.type`: the provider's error code or type where given, else the status code;
+    /// `stream_interrupted` when a stream ended without its terminal event. `None` on success.
+    pub error_type: Option<String>,
+    pub finish_reasons: Vec<String>,
+    pub tokens: Tokens,
+    /// Unix time of the request's first byte, in nanoseconds.
+    pub start_unix_ns: i128,
+    /// Seconds from the request's first byte to the response's first byte.
+    pub time_to_first_byte_s: Option<f64>,
+    /// Seconds to the first content-bearing stream event.
+    pub time_to_first_chunk_s: Option<f64>,
+    /// Seconds between content-bearing chunks after the first, one entry per gap.
+    pub time_per_output_chunk_s: Vec<f64>,
+    /// Seconds from the request's first byte to the response's last byte.
+    pub duration_s: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub pid: u32,
+    pub executable: String,
+    pub container_id: Option<String>,
+}
+
+/// Serializable role name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    Client,
+    Server,
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Client => Self::Client,
+            Role::Server => Self::Server,
+        }
+    }
+}
