@@ -18,14 +18,29 @@ pub struct Cli {
     pub capture: CaptureOptions,
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// `listen` from the config file, used when `--listen` is left at its default.
+    #[arg(skip)]
+    pub file_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probes and serve /metrics, /healthz and /readyz (the default).
     Agent(AgentOptions),
+    /// Print one line per finished LLM call: process, provider, model, tokens, latency, status.
+    Watch(WatchOptions),
     /// Print every captured TLS chunk as a JSON line on stdout (the debugging view).
     Capture(CaptureCommandOptions),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WatchOptions {
+    /// Print the full exchange record as a JSON line instead.
+    #[arg(long)]
+    pub json: bool,
+    /// Only show these processes (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
 }
 
 /// How plaintext is captured; shared by every subcommand.
@@ -54,6 +69,17 @@ pub struct CaptureOptions {
     /// Where the host's /proc is mounted.
     #[arg(long, global = true, default_value = "/proc", value_name = "PATH")]
     pub proc_root: PathBuf,
+    /// Name the provider behind a host (gateways, self-hosted servers): HOST[:PORT]=NAME,
+    /// e.g. `llm-gw.internal:8443=litellm` (repeatable).
+    #[arg(long = "provider", global = true, value_name = "HOST[:PORT]=NAME")]
+    pub providers: Vec<String>,
+    /// Cap on distinct label sets in the GenAI metric families; beyond it, model, host and
+    /// error labels of new sets fold into `_OTHER` (counted).
+    #[arg(long, global = true, default_value_t = crate::metrics::genai::DEFAULT_MAX_LABEL_SETS, value_name = "N")]
+    pub max_label_sets: usize,
+    /// Settings file (TOML) with the same keys as these flags; flags win.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl CaptureOptions {
@@ -72,6 +98,9 @@ impl CaptureOptions {
         }
         if self.idle_timeout == 0 {
             return Err("--idle-timeout must be at least 1 second".into());
+        }
+        if self.max_label_sets == 0 {
+            return Err("--max-label-sets must be at least 1".into());
         }
         Ok(())
     }

@@ -7,9 +7,11 @@
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod discovery;
 pub mod http;
 pub mod llm;
+pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod runtime;

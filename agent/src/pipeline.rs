@@ -16,6 +16,9 @@ use crate::{
 /// The next stage: the capture view now, HTTP reconstruction later.
 pub trait StreamSink {
     fn item(&mut self, item: &StreamItem<'_, '_>, clock: &KtimeClock);
+
+    /// A process exited (after its connections were closed).
+    fn process_exited(&mut self, _tgid: u32) {}
 }
 
 /// A sink that drops everything (the agent before exchange reconstruction exists).
@@ -152,6 +155,7 @@ impl<S: StreamSink> Pipeline<S> {
             RawEvent::ProcessExec { common, .. } => Some(ProcessNotice::Exec { tgid: common.tgid }),
             RawEvent::ProcessExit { common, .. } => {
                 assembler.process_exited(common.tgid, &mut emit);
+                sink.process_exited(common.tgid);
                 processes_seen.remove(&common.tgid);
                 Some(ProcessNotice::Exit { tgid: common.tgid })
             }

@@ -1,0 +1,158 @@
+//! The optional configuration file (`--config FILE`, TOML): the same settings as the flags.
+//! A flag given on the command line wins over the file; the file wins over the defaults.
+//!
+//! ```toml
+//! listen = "0.0.0.0:9464"
+//! head_bytes = 65536
+//! tail_bytes = 65536
+//! ring_buffer_bytes = 16777216
+//! libssl = ["/opt/app/lib/libssl.so.3"]
+//! rescan_interval = 30
+//! idle_timeout = 900
+//! max_label_sets = 2000
+//!
+//! [providers]            # like --provider HOST[:PORT]=NAME
+//! "llm-gateway.internal:8443" = "litellm"
+//! "10.0.0.7:8000" = "vllm"
+//! ```
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use clap::{ArgMatches, parser::ValueSource};
+use serde::Deserialize;
+
+use crate::cli::Cli;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub head_bytes: Option<u64>,
+    pub tail_bytes: Option<u64>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub libssl: Option<Vec<PathBuf>>,
+    pub rescan_interval: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub proc_root: Option<PathBuf>,
+    pub max_label_sets: Option<usize>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, String>,
+}
+
+impl FileConfig {
+    /// Parses a config file's text; the error names the offending setting.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned() + &location(&e, text))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+    }
+}
+
+fn location(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Whether `id` was left at its default on the command line.
+fn defaulted(matches: &ArgMatches, id: &str) -> bool {
+    let from_sub = matches
+        .subcommand()
+        .and_then(|(_, m)| m.value_source(id).map(|s| (m, s)));
+    let source = matches.value_source(id).or(from_sub.map(|(_, s)| s));
+    !matches!(
+        source,
+        Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+    )
+}
+
+/// Applies `file` to `cli` wherever the command line left a setting at its default.
+pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
+    let c = &mut cli.capture;
+    macro_rules! take {
+        ($field:ident, $id:literal) => {
+            if let Some(v) = file.$field
+                && defaulted(matches, $id)
+            {
+                c.$field = v;
+            }
+        };
+    }
+    take!(head_bytes, "head_bytes");
+    take!(tail_bytes, "tail_bytes");
+    take!(ring_buffer_bytes, "ring_buffer_bytes");
+    take!(rescan_interval, "rescan_interval");
+    take!(idle_timeout, "idle_timeout");
+    take!(proc_root, "proc_root");
+    take!(max_label_sets, "max_label_sets");
+    if let Some(libs) = file.libssl {
+        // Libraries add up: the file's and the command line's.
+        c.libssl.extend(libs);
+    }
+    // Command-line overrides come last, so they win over the file's for the same host.
+    let mut providers: Vec<String> = file
+        .providers
+        .into_iter()
+        .map(|(host, name)| format!("{host}={name}"))
+        .collect();
+    providers.append(&mut c.providers);
+    c.providers = providers;
+    if let Some(listen) = file.listen {
+        cli.file_listen = Some(listen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    fn parse(args: &[&str], file: &str) -> Cli {
+        let matches = Cli::command()
+            .try_get_matches_from(args)
+            .expect("args parse");
+        let mut cli = Cli::from_arg_matches(&matches).expect("cli");
+        apply(
+            &mut cli,
+            &matches,
+            FileConfig::parse(file).expect("file parses"),
+        );
+        cli
+    }
+
+    #[test]
+    fn file_fills_defaults_and_flags_win() {
+        let file = "head_bytes = 4096\ntail_bytes = 1024\n[providers]\n\"gw:8443\" = \"litellm\"\n";
+        let cli = parse(&["tokentap", "--tail-bytes", "2048"], file);
+        assert_eq!(cli.capture.head_bytes, 4096);
+        assert_eq!(cli.capture.tail_bytes, 2048);
+        assert_eq!(cli.capture.providers, ["gw:8443=litellm"]);
+        let cli = parse(&["tokentap", "watch", "--head-bytes", "100"], file);
+        assert_eq!(
+            cli.capture.head_bytes, 100,
+            "a global flag after the subcommand wins too"
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_setting() {
+        let err = FileConfig::parse("head_bytes = \"lots\"\n").expect_err("bad type");
+        assert!(
+            err.contains("head_bytes") || err.contains("line 1"),
+            "{err}"
+        );
+        let err = FileConfig::parse("heads = 1\n").expect_err("unknown key");
+        assert!(err.contains("heads"), "{err}");
+        let err = FileConfig::parse("listen = \"nowhere\"\n").expect_err("bad address");
+        assert!(err.contains("line 1"), "{err}");
+    }
+}
