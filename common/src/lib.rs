@@ -251,3 +251,5 @@ pub struct ReadArgs {
 
 #[cfg(feature = "user")]
 pub mod decode;
+#[cfg(feature = "user")]
+pub mod encode;
