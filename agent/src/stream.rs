@@ -467,41 +467,26 @@ mod tests {
         }
     }
 
-    /// The records the kernel would emit for one call of `payload` with the given limits and
-    /// record size.
-    fn kernel_records<'a>(
+    /// The records the kernel would emit for one call of `payload` (tgid 7).
+    fn kernel_records(
         conn: u64,
         d: Direction,
         addr: u64,
-        payload: &'a [u8],
+        payload: &[u8],
         limits: CaptureLimits,
         chunk: usize,
-    ) -> Vec<TlsData<'a>> {
-        let len = payload.len() as u64;
-        let head_end = len.min(limits.head_bytes);
-        let mut parts = vec![(0, head_end)];
-        if len > limits.head_bytes + limits.tail_bytes {
-            parts.push((len - limits.tail_bytes, len));
-        } else if len > head_end {
-            parts.push((head_end, len));
-        }
-        let mut out = Vec::new();
-        for (start, end) in parts {
-            let mut off = start;
-            while off < end {
-                let n = (end - off).min(chunk as u64);
-                out.push(rec(
-                    conn,
-                    d,
-                    addr,
-                    len,
-                    off,
-                    &payload[off as usize..(off + n) as usize],
-                ));
-                off += n;
-            }
-        }
-        out
+    ) -> Vec<Vec<u8>> {
+        let CaptureLimits { head_bytes, tail_bytes } = limits;
+        tokentap_common::encode::tls_call(7, 1, conn, addr, d, payload, head_bytes, tail_bytes, chunk)
+    }
+
+    fn decoded(raw: &[Vec<u8>]) -> Vec<TlsData<'_>> {
+        raw.iter()
+            .map(|r| match tokentap_common::decode::decode(r) {
+                Ok(tokentap_common::decode::RawEvent::TlsData(d)) => d,
+                other => panic!("not TLS data: {other:?}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -545,7 +530,7 @@ mod tests {
         feed(
             &mut a,
             &mut out,
-            &kernel_records(1, Direction::Write, 2, &payload, LIMITS, 3),
+            &decoded(&kernel_records(1, Direction::Write, 2, &payload, LIMITS, 3)),
         );
         feed(
             &mut a,
@@ -581,8 +566,8 @@ mod tests {
                     if part.is_empty() {
                         continue;
                     }
-                    let recs = kernel_records(9, Direction::Read, i as u64, part, limits, chunk);
-                    feed(&mut a, &mut out, &recs);
+                    let raw = kernel_records(9, Direction::Read, i as u64, part, limits, chunk);
+                    feed(&mut a, &mut out, &decoded(&raw));
                 }
                 let s: Vec<u8> = out
                     .stream(9, Direction::Read)
@@ -600,7 +585,8 @@ mod tests {
         let payload: Vec<u8> = (0..40u8).collect();
         let mut a = StreamAssembler::new(LIMITS);
         let mut out = Rebuilt::default();
-        let recs = kernel_records(1, Direction::Write, 0xabc, &payload, LIMITS, 4);
+        let raw = kernel_records(1, Direction::Write, 0xabc, &payload, LIMITS, 4);
+        let recs = decoded(&raw);
         feed(&mut a, &mut out, &recs);
         feed(&mut a, &mut out, &recs); // WANT_WRITE, retried
         feed(&mut a, &mut out, &recs); // and again
@@ -652,18 +638,20 @@ mod tests {
             head_bytes: 64,
             tail_bytes: 64,
         };
-        let mut recs = kernel_records(1, Direction::Read, 5, &payload, limits, 4);
+        let raw = kernel_records(1, Direction::Read, 5, &payload, limits, 4);
+        let mut recs = decoded(&raw);
         recs.remove(1); // bytes 4..8 lost in the ring buffer
         let mut a = StreamAssembler::new(limits);
         let mut out = Rebuilt::default();
         feed(&mut a, &mut out, &recs);
         // The next call's tail is lost as well: the gap closes when a new call starts.
-        let next = kernel_records(1, Direction::Read, 6, &payload, limits, 4);
+        let raw_next = kernel_records(1, Direction::Read, 6, &payload, limits, 4);
+        let next = decoded(&raw_next);
         feed(&mut a, &mut out, &next[..1]);
         feed(
             &mut a,
             &mut out,
-            &kernel_records(1, Direction::Read, 7, b"xy", limits, 4),
+            &decoded(&kernel_records(1, Direction::Read, 7, b"xy", limits, 4)),
         );
         assert_eq!(
             out.gaps,

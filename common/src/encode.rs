@@ -97,6 +97,7 @@ pub fn tls_call(
     tgid: u32,
     ktime_ns: u64,
     conn: u64,
+    buf_addr: u64,
     direction: Direction,
     payload: &[u8],
     head: u64,
@@ -121,9 +122,15 @@ pub fn tls_call(
         while off < end {
             let n = (end - off).min(chunk.max(1) as u64);
             let data = &payload[off as usize..(off + n) as usize];
-            out.push(tls_data(
+            let mut rec = tls_data(
                 tgid, tgid, ktime_ns, conn, direction, function, len, off, data, b"python3",
-            ));
+            );
+            put(
+                &mut rec,
+                offset_of!(TlsDataHeader, buf_addr),
+                &buf_addr.to_ne_bytes(),
+            );
+            out.push(rec);
             off += n;
         }
     }
@@ -174,7 +181,7 @@ mod tests {
             (d.common.tgid, d.common.tid, d.conn, d.call_offset, d.data),
             (1, 2, 4, 5, &b"hello"[..])
         );
-        let calls = tls_call(1, 0, 9, Direction::Read, &[7u8; 100], 16, 8, 5);
+        let calls = tls_call(1, 0, 9, 0x1000, Direction::Read, &[7u8; 100], 16, 8, 5);
         let total: usize = calls
             .iter()
             .map(|r| match decode(r) {
