@@ -78,6 +78,23 @@ fn assert_exact(w: &Stream, r: &Stream, rec: &ConnectionRecord) {
     );
 }
 
+/// Runs one client mode under `tokentap capture`; returns the client's report, the server's
+/// connections (after `connections` of them closed) and the capture, checked for losses.
+fn run_scenario(
+    mode: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    connections: usize,
+) -> (serde_json::Value, Vec<ConnectionRecord>, CaptureLog) {
+    let server = server();
+    let capture = Capture::start(&[]).expect("start tokentap capture");
+    let report = run_client(mode, server.port(), server.ca_file(), extra, env).expect("client");
+    let records = server.wait_closed(connections, Duration::from_secs(30));
+    let log = capture.finish().expect("capture output");
+    log.assert_nothing_lost();
+    (report, records, log)
+}
+
 fn pid_of(report: &serde_json::Value) -> u64 {
     report["pid"].as_u64().expect("client reports its pid")
 }
@@ -87,13 +104,7 @@ fn keepalive_connection_is_captured_byte_for_byte() {
     if !privileged_tests_enabled() {
         return;
     }
-    let server = server();
-    let capture = Capture::start(&[]).expect("start tokentap capture");
-    let report =
-        run_client("keepalive", server.port(), server.ca_file(), &[], &[]).expect("client");
-    let records = server.wait_closed(1, Duration::from_secs(10));
-    let log = capture.finish().expect("capture output");
-    log.assert_nothing_lost();
+    let (report, records, log) = run_scenario("keepalive", &[], &[], 1);
 
     let pid = pid_of(&report);
     let conns = log.connections_of(pid);
@@ -121,12 +132,7 @@ fn asyncio_memory_bio_connection_is_captured() {
     if !privileged_tests_enabled() {
         return;
     }
-    let server = server();
-    let capture = Capture::start(&[]).expect("start tokentap capture");
-    let report = run_client("asyncio", server.port(), server.ca_file(), &[], &[]).expect("client");
-    let records = server.wait_closed(1, Duration::from_secs(10));
-    let log = capture.finish().expect("capture output");
-    log.assert_nothing_lost();
+    let (report, records, log) = run_scenario("asyncio", &[], &[], 1);
 
     let pid = pid_of(&report);
     assert_eq!(log.connections_of(pid).len(), 1);
@@ -141,12 +147,7 @@ fn eight_threads_with_their_own_connections() {
     if !privileged_tests_enabled() {
         return;
     }
-    let server = server();
-    let capture = Capture::start(&[]).expect("start tokentap capture");
-    let report = run_client("threads", server.port(), server.ca_file(), &[], &[]).expect("client");
-    let records = server.wait_closed(8, Duration::from_secs(10));
-    let log = capture.finish().expect("capture output");
-    log.assert_nothing_lost();
+    let (report, records, log) = run_scenario("threads", &[], &[], 8);
 
     let pid = pid_of(&report);
     assert_eq!(log.connections_of(pid).len(), 8);
@@ -169,19 +170,7 @@ fn forty_megabyte_body_keeps_head_tail_and_exact_gap() {
     if !privileged_tests_enabled() {
         return;
     }
-    let server = server();
-    let capture = Capture::start(&[]).expect("start tokentap capture");
-    let report = run_client(
-        "large",
-        server.port(),
-        server.ca_file(),
-        &["--body-mb", "40"],
-        &[],
-    )
-    .expect("client");
-    let records = server.wait_closed(1, Duration::from_secs(30));
-    let log = capture.finish().expect("capture output");
-    log.assert_nothing_lost();
+    let (report, records, log) = run_scenario("large", &["--body-mb", "40"], &[], 1);
 
     let pid = pid_of(&report);
     let body_len = report["body_len"].as_u64().expect("body_len");
