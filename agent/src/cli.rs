@@ -18,9 +18,6 @@ pub struct Cli {
     pub capture: CaptureOptions,
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// `listen` from the config file, used when `--listen` is left at its default.
-    #[arg(skip)]
-    pub file_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

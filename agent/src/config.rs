@@ -21,7 +21,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 use clap::{ArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
-use crate::cli::Cli;
+use crate::cli::{AgentOptions, Cli, Command};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,8 +105,14 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
         .collect();
     providers.append(&mut c.providers);
     c.providers = providers;
-    if let Some(listen) = file.listen {
-        cli.file_listen = Some(listen);
+    if let Some(listen) = file.listen
+        && defaulted(matches, "listen")
+    {
+        match &mut cli.command {
+            Some(Command::Agent(opts)) => opts.listen = listen,
+            None => cli.command = Some(Command::Agent(AgentOptions { listen })),
+            Some(_) => {}
+        }
     }
 }
 

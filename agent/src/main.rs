@@ -11,19 +11,41 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokentap::{
     capture::CaptureSink,
-    cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command},
-    pipeline::NullSink,
+    cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, WatchOptions},
+    config::{FileConfig, apply},
+    exchanges::{ExchangeSink, RecordSink},
+    http::HttpConfig,
+    llm::{ExchangeRecord, ProviderConfig},
+    metrics::genai::GenAiMetrics,
     probes::error_chain,
     runtime::{Runtime, shutdown_signal},
     self_metrics::SelfMetrics,
     server::{ServerState, bind},
+    stage_metrics::StageMetrics,
+    watch::WatchSink,
 };
 
+/// Parses the command line and the optional config file; errors name the setting.
+fn parse_cli() -> Result<Cli, String> {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    if let Some(path) = cli.capture.config.clone() {
+        apply(&mut cli, &matches, FileConfig::load(&path)?);
+    }
+    Ok(cli)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("tokentap: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
@@ -42,6 +64,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => run_agent(cli.capture, AgentOptions::default()).await,
             Some(Command::Agent(opts)) => run_agent(cli.capture, opts).await,
+            Some(Command::Watch(opts)) => run_watch(cli.capture, opts).await,
             Some(Command::Capture(opts)) => run_capture(cli.capture, opts).await,
         }
     });
@@ -54,9 +77,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exchange stages with `sinks`, configured from the command line.
+fn exchange_sink(
+    capture: &CaptureOptions,
+    sinks: Vec<Box<dyn RecordSink + Send>>,
+) -> anyhow::Result<ExchangeSink> {
+    let providers = ProviderConfig::from_specs(&capture.providers)
+        .map_err(|e| anyhow::anyhow!("--provider: {e}"))?;
+    Ok(ExchangeSink::new(
+        HttpConfig::default(),
+        providers,
+        capture.proc_root.clone(),
+        sinks,
+    ))
+}
+
 async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Mutex::new(SelfMetrics::new(registry.clone())));
+    let mut stage_metrics = StageMetrics::new(&registry);
+    let genai = GenAiMetrics::new(&registry, capture.max_label_sets);
+    let sink = exchange_sink(&capture, vec![Box::new(genai)])?;
     let ready = Arc::new(AtomicBool::new(false));
     let state = ServerState {
         registry,
@@ -69,14 +110,51 @@ async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Resul
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
     let server = tokio::spawn(serve);
     log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
-    let mut runtime = Runtime::start(capture, NullSink, metrics)?;
+    let mut runtime = Runtime::start(capture, sink, metrics)?;
     ready.store(true, Ordering::Release);
     log::info!(
         "ready: {} TLS libraries hooked",
         runtime.attached_tls_libraries().len()
     );
-    runtime.run(shutdown_signal(), |_| {}).await?;
+    runtime
+        .run(shutdown_signal(), |pipeline| {
+            stage_metrics.sync(pipeline.sink_mut())
+        })
+        .await?;
     server.abort();
+    Ok(())
+}
+
+/// Passes records of some processes on to another sink.
+struct PidFilter<S> {
+    pids: Vec<u32>,
+    inner: S,
+}
+
+impl<S: RecordSink> RecordSink for PidFilter<S> {
+    fn record(&mut self, record: &ExchangeRecord) {
+        if self.pids.is_empty() || self.pids.contains(&record.pid) {
+            self.inner.record(record);
+        }
+    }
+}
+
+async fn run_watch(capture: CaptureOptions, opts: WatchOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Mutex::new(SelfMetrics::new(prometheus::Registry::new())));
+    let watch = WatchSink::new(std::io::stdout(), opts.json);
+    let sink = exchange_sink(
+        &capture,
+        vec![Box::new(PidFilter {
+            pids: opts.pids,
+            inner: watch,
+        })],
+    )?;
+    let mut runtime = Runtime::start(capture, sink, metrics)?;
+    log::info!(
+        "ready: {} TLS libraries hooked; one line per LLM call follows",
+        runtime.attached_tls_libraries().len()
+    );
+    runtime.run(shutdown_signal(), |_| {}).await?;
     Ok(())
 }
 

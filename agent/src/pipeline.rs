@@ -19,6 +19,9 @@ pub trait StreamSink {
 
     /// A process exited (after its connections were closed).
     fn process_exited(&mut self, _tgid: u32) {}
+
+    /// Forget state idle since before `now_ktime_ns - idle_ns`.
+    fn evict_idle(&mut self, _now_ktime_ns: u64, _idle_ns: u64) {}
 }
 
 /// A sink that drops everything (the agent before exchange reconstruction exists).

@@ -476,8 +476,13 @@ mod tests {
         limits: CaptureLimits,
         chunk: usize,
     ) -> Vec<Vec<u8>> {
-        let CaptureLimits { head_bytes, tail_bytes } = limits;
-        tokentap_common::encode::tls_call(7, 1, conn, addr, d, payload, head_bytes, tail_bytes, chunk)
+        let CaptureLimits {
+            head_bytes,
+            tail_bytes,
+        } = limits;
+        tokentap_common::encode::tls_call(
+            7, 1, conn, addr, d, payload, head_bytes, tail_bytes, chunk,
+        )
     }
 
     fn decoded(raw: &[Vec<u8>]) -> Vec<TlsData<'_>> {

@@ -13,6 +13,12 @@
 //! `proxy-authorization`, `x-api-key`, `api-key`, `x-goog-api-key`, `cookie`, `set-cookie` when
 //! a head is parsed, and [`redact_query`] removes key-like query parameters from targets.
 
+mod body_decoder;
+mod chunked;
+mod parser;
+mod sparse;
+mod tracker;
 pub mod types;
 
+pub use tracker::{HttpConfig, HttpStats, HttpTracker};
 pub use types::*;

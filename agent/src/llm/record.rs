@@ -24,11 +24,14 @@ pub struct ExchangeRecord {
     /// `gen_ai.provider.name`: openai, anthropic, gcp.gemini, ..., or the configured name, or
     /// the host for an unknown host speaking a known API shape.
     pub provider: String,
-    /// `gen_ai.operation.name`: chat, text_completion, embeddings, generate_content.
+    /// `gen_ai.operation.name`: chat, text_completion, embeddings, generate_content; `other`
+    /// for a POST to a known provider host on a path no API shape knows.
     pub operation: String,
-    /// The API shape it came from: `openai.chat_completions`, `openai.responses`,
-    /// `anthropic.messages`, `gcp.gemini.generate_content`, `aws.bedrock.converse`,
-    /// `ollama.chat`, ...
+    /// The API shape it came from: `openai.chat_completions`, `openai.completions`,
+    /// `openai.embeddings`, `openai.responses`, `anthropic.messages`,
+    /// `gcp.gemini.generate_content`, `gcp.gemini.embed_content`, `aws.bedrock.converse`,
+    /// `aws.bedrock.invoke_model`, `cohere.chat`, `ollama.chat`, `ollama.generate`,
+    /// `ollama.embed`; `unknown` with operation `other`.
     pub api: String,
     pub request_model: Option<String>,
     pub response_model: Option<String>,
@@ -39,8 +42,12 @@ pub struct ExchangeRecord {
     pub server_port: u16,
     /// HTTP status; `None` when no response arrived.
     pub http_status: Option<u16>,
-    /// `error.type`: the provider's error code or type where given, else the status code;
-    /// `stream_interrupted` when a stream ended without its terminal event. `None` on success.
+    /// `error.type`: the provider's error code or type where given (`rate_limit_exceeded`,
+    /// `server_error`, `overloaded_error`, `RESOURCE_EXHAUSTED`, `ThrottlingException`, ...),
+    /// else the HTTP status code (`"503"`); `_OTHER` for an error reported after a success
+    /// status without a type; `stream_interrupted` when a stream ended without its terminal
+    /// event; `response_interrupted` when a non-streamed body was cut short; `no_response`
+    /// when the connection ended before a response. `None` on success.
     pub error_type: Option<String>,
     pub finish_reasons: Vec<String>,
     pub tokens: Tokens,
@@ -48,14 +55,22 @@ pub struct ExchangeRecord {
     pub start_unix_ns: i128,
     /// Seconds from the request's first byte to the response's first byte.
     pub time_to_first_byte_s: Option<f64>,
-    /// Seconds to the first content-bearing stream event.
+    /// Seconds to the first content-bearing stream event (streamed responses only).
     pub time_to_first_chunk_s: Option<f64>,
     /// Seconds between content-bearing chunks after the first, one entry per gap.
     pub time_per_output_chunk_s: Vec<f64>,
     /// Seconds from the request's first byte to the response's last byte.
     pub duration_s: Option<f64>,
+    /// Bytes of the request on the wire (head and body).
     pub request_bytes: u64,
+    /// Decoded response body bytes (including bytes lost in capture).
     pub response_bytes: u64,
+    /// Stream events that carried output content (`time_per_output_chunk_s` has one entry
+    /// fewer, unless it was capped).
+    pub output_chunks: u64,
+    /// Response bytes were lost in capture or could not be decoded, or the request body could
+    /// not be decoded: fields left unknown may be unknown for that reason.
+    pub capture_gaps: bool,
     pub pid: u32,
     pub executable: String,
     pub container_id: Option<String>,

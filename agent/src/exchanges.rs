@@ -1,0 +1,212 @@
+//! The main job's sink: connection streams → HTTP exchanges → LLM exchange records → record
+//! sinks (metrics, watch).
+//!
+//! Receives: [`StreamItem`]s from the pipeline. Emits: [`ExchangeRecord`]s to every
+//! [`RecordSink`]. Process facts (executable, container) are looked up once per process.
+
+use std::{collections::HashMap, fs, path::PathBuf};
+
+use crate::{
+    clock::KtimeClock,
+    http::{HttpConfig, HttpEvent, HttpStats, HttpTracker},
+    llm::{ExchangeRecord, ExchangeTracker, LlmStats, ProcessContext, ProviderConfig},
+    metrics::genai::GenAiMetrics,
+    pipeline::StreamSink,
+    stream::StreamItem,
+};
+
+/// Where exchange records go.
+pub trait RecordSink {
+    fn record(&mut self, record: &ExchangeRecord);
+}
+
+impl RecordSink for GenAiMetrics {
+    fn record(&mut self, record: &ExchangeRecord) {
+        GenAiMetrics::record(self, record);
+    }
+}
+
+/// Facts about processes, read from `/proc` once per process.
+pub struct ProcessInfo {
+    proc_root: PathBuf,
+    known: HashMap<u32, ProcessContext>,
+}
+
+/// More processes than this and the cache starts over (they are cheap to look up again).
+const MAX_PROCESSES: usize = 65_536;
+
+impl ProcessInfo {
+    pub fn new(proc_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The context of `tgid`; `comm` is the fallback name when `/proc` has nothing.
+    pub fn get(&mut self, tgid: u32, comm: &[u8]) -> &ProcessContext {
+        if self.known.len() >= MAX_PROCESSES && !self.known.contains_key(&tgid) {
+            self.known.clear();
+        }
+        let proc_root = &self.proc_root;
+        self.known.entry(tgid).or_insert_with(|| {
+            let executable = fs::read_link(proc_root.join(format!("{tgid}/exe")))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| String::from_utf8_lossy(comm).into_owned());
+            let container_id = fs::read_to_string(proc_root.join(format!("{tgid}/cgroup")))
+                .ok()
+                .and_then(|text| container_id_from_cgroup(&text));
+            ProcessContext {
+                pid: tgid,
+                executable,
+                container_id,
+            }
+        })
+    }
+
+    pub fn forget(&mut self, tgid: u32) {
+        self.known.remove(&tgid);
+    }
+}
+
+/// The container id in a `/proc/PID/cgroup` file: the last 64-hex-digit run in a path
+/// segment (docker, containerd, cri-o and podman all name the container's cgroup after it).
+pub fn container_id_from_cgroup(text: &str) -> Option<String> {
+    let mut found = None;
+    for line in text.lines() {
+        let path = line.rsplit(':').next().unwrap_or("");
+        for segment in path.split('/') {
+            // `cri-containerd-<id>.scope`, `docker-<id>.scope`, `crio-<id>`, `<id>`
+            let name = segment.strip_suffix(".scope").unwrap_or(segment);
+            let candidate = name.rsplit(['-', ':']).next().unwrap_or(name);
+            if candidate.len() == 64 && candidate.bytes().all(|b| b.is_ascii_hexdigit()) {
+                found = Some(candidate.to_ascii_lowercase());
+            }
+        }
+    }
+    found
+}
+
+/// Runs the HTTP and LLM stages over every stream item.
+pub struct ExchangeSink {
+    http: HttpTracker,
+    llm: ExchangeTracker,
+    processes: ProcessInfo,
+    sinks: Vec<Box<dyn RecordSink + Send>>,
+    records: u64,
+}
+
+impl ExchangeSink {
+    pub fn new(
+        http: HttpConfig,
+        providers: ProviderConfig,
+        proc_root: PathBuf,
+        sinks: Vec<Box<dyn RecordSink + Send>>,
+    ) -> Self {
+        Self {
+            http: HttpTracker::new(http),
+            llm: ExchangeTracker::new(providers),
+            processes: ProcessInfo::new(proc_root),
+            sinks,
+            records: 0,
+        }
+    }
+
+    pub fn http_stats(&self) -> &HttpStats {
+        self.http.stats()
+    }
+
+    pub fn llm_stats(&self) -> &LlmStats {
+        self.llm.stats()
+    }
+
+    /// Exchange records produced so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    pub fn open_http_connections(&self) -> usize {
+        self.http.open_connections()
+    }
+
+    pub fn llm_in_flight(&self) -> usize {
+        self.llm.in_flight()
+    }
+
+    pub fn sinks_mut(&mut self) -> &mut [Box<dyn RecordSink + Send>] {
+        &mut self.sinks
+    }
+}
+
+fn event_tgid(ev: &HttpEvent<'_>) -> u32 {
+    match ev {
+        HttpEvent::Request { conn, .. }
+        | HttpEvent::ResponseHead { conn, .. }
+        | HttpEvent::ResponseBody { conn, .. }
+        | HttpEvent::ResponseGap { conn, .. }
+        | HttpEvent::ResponseEnd { conn, .. }
+        | HttpEvent::Abandoned { conn, .. } => conn.tgid,
+    }
+}
+
+impl StreamSink for ExchangeSink {
+    fn item(&mut self, item: &StreamItem<'_, '_>, clock: &KtimeClock) {
+        let Self {
+            http,
+            llm,
+            processes,
+            sinks,
+            records,
+        } = self;
+        if let StreamItem::Data { key, record, .. } = item {
+            processes.get(key.tgid, record.comm);
+        }
+        let unix_ns_of = |ktime: u64| clock.to_unix_ns(ktime);
+        http.on_stream_item(item, &mut |ev| {
+            let ctx = processes.get(event_tgid(&ev), b"");
+            llm.on_http_event(&ev, ctx, &unix_ns_of, &mut |record| {
+                *records += 1;
+                for sink in sinks.iter_mut() {
+                    sink.record(&record);
+                }
+            });
+        });
+    }
+
+    fn process_exited(&mut self, tgid: u32) {
+        self.processes.forget(tgid);
+    }
+
+    fn evict_idle(&mut self, now_ktime_ns: u64, idle_ns: u64) {
+        self.llm.evict_idle(now_ktime_ns, idle_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_from_common_runtimes() {
+        let id = "3f0a1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+        for text in [
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope\n"
+            ),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("12:memory:/docker/{id}\n"),
+            format!("0::/kubepods/besteffort/pod1/crio-{id}\n"),
+        ] {
+            assert_eq!(
+                container_id_from_cgroup(&text).as_deref(),
+                Some(id),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
+            None
+        );
+    }
+}

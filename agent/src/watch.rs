@@ -1,0 +1,119 @@
+//! `tokentap watch`: one line per finished LLM call, for a person at a terminal (or, with
+//! `--json`, the full exchange record as a JSON line).
+
+use std::io::Write;
+
+use crate::{clock::rfc3339_nanos, exchanges::RecordSink, llm::ExchangeRecord};
+
+pub struct WatchSink<W: Write + Send> {
+    out: W,
+    json: bool,
+    /// Lines that could not be written.
+    pub write_errors: u64,
+}
+
+impl<W: Write + Send> WatchSink<W> {
+    pub fn new(out: W, json: bool) -> Self {
+        Self {
+            out,
+            json,
+            write_errors: 0,
+        }
+    }
+}
+
+fn tokens(n: Option<u64>, estimated: bool) -> String {
+    match n {
+        Some(n) if estimated => format!("~{n}"),
+        Some(n) => n.to_string(),
+        None => "?".into(),
+    }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.3}s")).unwrap_or_else(|| "-".into())
+}
+
+/// The human line for a record.
+pub fn watch_line(r: &ExchangeRecord) -> String {
+    // Millisecond precision is plenty for people.
+    let time = rfc3339_nanos(r.start_unix_ns);
+    let time = format!("{}Z", time.get(..23).unwrap_or(&time));
+    let model = match (&r.request_model, &r.response_model) {
+        (Some(req), Some(resp)) if req != resp => format!("{req}→{resp}"),
+        (_, Some(m)) | (Some(m), None) => m.clone(),
+        (None, None) => "?".into(),
+    };
+    let status = match (r.http_status, &r.error_type) {
+        (Some(s), Some(e)) if e != &s.to_string() => format!("{s} {e}"),
+        (Some(s), _) => s.to_string(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => "-".into(),
+    };
+    format!(
+        "{time} {exe}[{pid}] {provider} {op} {model}{stream} in={inp} out={out} ttfc={ttfc} dur={dur} {status}",
+        exe = r.executable,
+        pid = r.pid,
+        provider = r.provider,
+        op = r.operation,
+        stream = if r.streaming { " stream" } else { "" },
+        inp = tokens(r.tokens.input, r.tokens.estimated),
+        out = tokens(r.tokens.output, r.tokens.estimated),
+        ttfc = seconds(r.time_to_first_chunk_s),
+        dur = seconds(r.duration_s),
+    )
+}
+
+impl<W: Write + Send> RecordSink for WatchSink<W> {
+    fn record(&mut self, record: &ExchangeRecord) {
+        let ok = if self.json {
+            serde_json::to_writer(&mut self.out, record).is_ok()
+                && self.out.write_all(b"\n").is_ok()
+        } else {
+            writeln!(self.out, "{}", watch_line(record)).is_ok()
+        };
+        if !ok || self.out.flush().is_err() {
+            self.write_errors += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Tokens;
+
+    #[test]
+    fn a_line_says_what_a_person_asks() {
+        let r = ExchangeRecord {
+            provider: "openai".into(),
+            operation: "chat".into(),
+            request_model: Some("gpt-4o".into()),
+            response_model: Some("gpt-4o-2024-08-06".into()),
+            streaming: true,
+            http_status: Some(200),
+            tokens: Tokens {
+                input: Some(1200),
+                output: Some(34),
+                ..Tokens::default()
+            },
+            time_to_first_chunk_s: Some(0.4123),
+            duration_s: Some(1.83),
+            start_unix_ns: 1_795_825_008_500_000_000,
+            pid: 4242,
+            executable: "python3.11".into(),
+            ..ExchangeRecord::default()
+        };
+        assert_eq!(
+            watch_line(&r),
+            "2026-11-28T00:16:48.500Z python3.11[4242] openai chat gpt-4o→gpt-4o-2024-08-06 stream in=1200 out=34 ttfc=0.412s dur=1.830s 200"
+        );
+        let mut e = r.clone();
+        e.http_status = Some(429);
+        e.error_type = Some("rate_limit_exceeded".into());
+        e.tokens = Tokens::default();
+        assert!(
+            watch_line(&e).ends_with("in=? out=? ttfc=0.412s dur=1.830s 429 rate_limit_exceeded")
+        );
+    }
+}
