@@ -115,10 +115,13 @@ fn embeddings() -> (Vec<Vec<u8>>, Vec<u8>) {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(json.as_bytes()).expect("gzip");
     let compressed = gz.finish().expect("gzip end");
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut resp = b"HTTP/1.1 200 OK
+Content-Type: application/json
+Content-Encoding: gzip
+Transfer-Encoding: chunked
+
+"
+    .to_vec();
     resp.extend(chunked(&compressed, 8192));
     (vec![head, body], resp)
 }
