@@ -1,2 +1,6 @@
+pub mod genai_check;
 pub mod harness;
+pub mod mock_provider;
+pub mod prom;
+pub mod sdk;
 pub mod tls_server;

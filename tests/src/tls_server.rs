@@ -46,9 +46,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// Largest accepted request head (request line + headers + blank line).
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Largest accepted chunk-size line or trailer line of a chunked body.
-const MAX_LINE: usize = 4 * 1024;
+pub(crate) const MAX_LINE: usize = 4 * 1024;
 /// Largest accepted trailer section of a chunked body.
 const MAX_TRAILERS: usize = 64 * 1024;
 /// Plaintext read size.
@@ -227,6 +227,14 @@ pub fn body_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Held by the unit tests that load both cores (the 40 MB upload, the SDK run), so that they
+/// do not run at the same time and skew each other's timings.
+#[cfg(test)]
+pub(crate) fn heavy_test_lock() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    lock(&HEAVY)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shared state
 
@@ -248,7 +256,7 @@ impl Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -279,13 +287,13 @@ impl Drop for CloseGuard {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-struct GeneratedCerts {
-    ca_pem: String,
-    leaf: CertificateDer<'static>,
-    leaf_key: PrivateKeyDer<'static>,
+pub(crate) struct GeneratedCerts {
+    pub(crate) ca_pem: String,
+    pub(crate) leaf: CertificateDer<'static>,
+    pub(crate) leaf_key: PrivateKeyDer<'static>,
 }
 
-fn generate_certs(hostnames: &[&str]) -> anyhow::Result<GeneratedCerts> {
+pub(crate) fn generate_certs(hostnames: &[&str]) -> anyhow::Result<GeneratedCerts> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -326,7 +334,7 @@ fn generate_certs(hostnames: &[&str]) -> anyhow::Result<GeneratedCerts> {
     })
 }
 
-fn make_temp_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn make_temp_dir() -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
     let nanos = SystemTime::now()
@@ -498,14 +506,14 @@ fn serve_connection(
 
 /// A buffered reader for HTTP framing: delimiter search for heads and lines, and streaming
 /// skips for bodies.
-struct HttpReader<R> {
+pub(crate) struct HttpReader<R> {
     inner: R,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl<R: Read> HttpReader<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
             buf: Vec::with_capacity(READ_CHUNK),
@@ -513,16 +521,16 @@ impl<R: Read> HttpReader<R> {
         }
     }
 
-    fn get_mut(&mut self) -> &mut R {
+    pub(crate) fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
 
-    fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buf.len() - self.pos
     }
 
     /// Reads more data after the buffered bytes; `Ok(0)` at end of stream.
-    fn fill(&mut self) -> io::Result<usize> {
+    pub(crate) fn fill(&mut self) -> io::Result<usize> {
         if self.pos > 0 {
             // Only the unconsumed tail (at most one head plus one read) is moved.
             self.buf.drain(..self.pos);
@@ -543,7 +551,7 @@ impl<R: Read> HttpReader<R> {
     /// Returns the bytes up to and including `delim`. `Ok(None)` if the stream ends (cleanly,
     /// or by a TCP close without TLS `close_notify`) before any byte of it was read. Fails if
     /// more than `max` bytes would be needed.
-    fn read_until(&mut self, delim: &[u8], max: usize) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_until(&mut self, delim: &[u8], max: usize) -> io::Result<Option<Vec<u8>>> {
         let mut scanned = 0;
         loop {
             let avail = &self.buf[self.pos..];
@@ -574,7 +582,7 @@ impl<R: Read> HttpReader<R> {
     }
 
     /// Consumes exactly `n` bytes without keeping them.
-    fn skip(&mut self, n: u64) -> io::Result<()> {
+    pub(crate) fn skip(&mut self, n: u64) -> io::Result<()> {
         let mut left = n;
         while left > 0 {
             if self.buffered() == 0 && self.fill()? == 0 {
@@ -587,6 +595,18 @@ impl<R: Read> HttpReader<R> {
         }
         Ok(())
     }
+
+    /// Consumes and returns exactly `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buffered() < n {
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let out = self.buf[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        Ok(out)
+    }
 }
 
 fn too_long(max: usize) -> io::Error {
@@ -596,7 +616,7 @@ fn too_long(max: usize) -> io::Error {
     )
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -1160,6 +1180,7 @@ mod tests {
 
     #[test]
     fn python_large() {
+        let _heavy = heavy_test_lock();
         let server = TlsTestServer::start(&[]).expect("start server");
         let started = Instant::now();
         let Some(out) = run_client(&server, "large", &["--body-mb", "40"]) else {

@@ -4,6 +4,7 @@
 use std::{
     env,
     ffi::OsString,
+    fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -20,7 +21,8 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain (nightly rust-src, bpf-linker 0.10.2) and test dependencies.
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker 0.10.2) and test dependencies
+    /// (the LLM SDK venv, target/e2e-venv).
     Setup,
     /// Build the eBPF object (nightly, bpfel-unknown-none) into target/.
     BuildEbpf,
@@ -49,6 +51,10 @@ enum Task {
 }
 
 const BPF_LINKER_VERSION: &str = "0.10.2";
+/// Pinned requirements of the SDK venv (openai, anthropic, google-genai and their closure).
+const SDK_REQUIREMENTS: &str = "tests/clients/requirements.txt";
+/// In the venv: the requirements it was built from.
+const SDK_VENV_STAMP: &str = ".tokentap-requirements";
 const NIGHTLY: &str = "nightly";
 
 fn main() {
@@ -157,6 +163,101 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ]))?;
     }
+    ensure_sdk_venv()
+}
+
+/// The venv holding the real LLM SDKs that the end-to-end tests drive.
+fn sdk_venv() -> PathBuf {
+    target_dir().join("e2e-venv")
+}
+
+fn sdk_python() -> PathBuf {
+    sdk_venv().join("bin/python")
+}
+
+/// Builds target/e2e-venv from tests/clients/requirements.txt with the machine's `python3`,
+/// unless it was already built from the same requirements (then this costs one `python -c`).
+fn ensure_sdk_venv() -> anyhow::Result<()> {
+    let requirements_file = workspace_root().join(SDK_REQUIREMENTS);
+    let requirements = fs::read_to_string(&requirements_file)
+        .with_context(|| format!("reading {}", requirements_file.display()))?;
+    let venv = sdk_venv();
+    let python = sdk_python();
+    let stamp = venv.join(SDK_VENV_STAMP);
+    let up_to_date = fs::read_to_string(&stamp).is_ok_and(|s| s == requirements)
+        && output_of(Command::new(&python).args(["-c", "pass"])).is_some();
+    if up_to_date {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building the LLM SDK venv {} from {SDK_REQUIREMENTS} (about 15 s)",
+        venv.display()
+    );
+    if venv.exists() {
+        fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context(
+            "creating the venv with the machine's python3 (`python3 -m venv`; a Debian python3 needs python3-venv)",
+        )?;
+    run_cmd(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+            ])
+            .arg(&requirements_file),
+    )
+    .context("installing the SDKs from PyPI")?;
+    verify_sdk_venv(&python)?;
+    fs::write(&stamp, requirements).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// The agent hooks the system `libssl.so.3`: the venv's `ssl` module must use that file, and
+/// its HTTP stack must not be able to negotiate HTTP/2 (the mock provider speaks HTTP/1.1).
+fn verify_sdk_venv(python: &Path) -> anyhow::Result<()> {
+    const PROBE: &str = "import importlib.util, ssl, sys\n\
+        import openai, anthropic, google.genai, httpx2\n\
+        maps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libssl' in l})\n\
+        print('libssl=' + ','.join(maps))\n\
+        print('openssl=' + ssl.OPENSSL_VERSION)\n\
+        print('h2=' + str(importlib.util.find_spec('h2') is not None))\n\
+        print('versions=openai %s, anthropic %s, google-genai %s, httpx2 %s, Python %s' % (openai.__version__, anthropic.__version__, google.genai.__version__, httpx2.__version__, sys.version.split()[0]))\n";
+    let out = output_of(Command::new(python).args(["-c", PROBE]))
+        .context("the SDK venv's Python cannot import the SDKs")?;
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let libssl = field("libssl");
+    let system = libssl.split(',').any(|p| {
+        p.ends_with("/libssl.so.3") && (p.starts_with("/usr/lib/") || p.starts_with("/lib/"))
+    });
+    if !system {
+        bail!(
+            "the SDK venv's Python maps libssl from {libssl:?} ({}), not the system libssl.so.3 that \
+             the agent hooks: build the venv from a python3 whose ssl module links the system OpenSSL",
+            field("openssl")
+        );
+    }
+    if field("h2") == "True" {
+        bail!(
+            "the SDK venv has the h2 package: the SDKs could negotiate HTTP/2, which the mock provider does not speak"
+        );
+    }
+    eprintln!(
+        "xtask: SDK venv ready: {}; ssl uses {libssl} ({})",
+        field("versions"),
+        field("openssl")
+    );
     Ok(())
 }
 
@@ -234,12 +335,13 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
         "--exclude",
         "tokentap-tests",
     ]))?;
-    run_cmd(tool("cargo").current_dir(&root).args([
-        "test",
-        "--package",
-        "tokentap-tests",
-        "--lib",
-    ]))?;
+    // The mock provider's own tests, and the SDKs against it (no agent, no privileges).
+    run_cmd(
+        tool("cargo")
+            .current_dir(&root)
+            .env("TOKENTAP_SDK_PYTHON", sdk_python())
+            .args(["test", "--package", "tokentap-tests", "--lib"]),
+    )?;
     if unit_only {
         return Ok(());
     }
@@ -254,6 +356,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
             .current_dir(&root)
             .env("TOKENTAP_BIN", target_dir().join("release/tokentap"))
             .env("TOKENTAP_EBPF_OBJECT", ebpf_object())
+            .env("TOKENTAP_SDK_PYTHON", sdk_python())
             .args([
                 "test",
                 "--release",

@@ -674,7 +674,11 @@ impl ExchangeTracker {
                     .clone()
                     .unwrap_or_else(|| "_OTHER".to_owned()),
             )
-        } else if stream && (!clean || (gaps == 0 && !parser.complete(&obs))) {
+        } else if stream && !parser.complete(&obs) && (!clean || gaps == 0) {
+            // A stream that delivered its terminal event is complete even if the connection
+            // was then cut (the OpenAI SDK stops reading at `data: [DONE]` and closes before
+            // the last HTTP chunk arrives); one that lost bytes in capture and ended cleanly
+            // is not known to be cut short.
             Some("stream_interrupted".to_owned())
         } else if !stream && !clean {
             Some("response_interrupted".to_owned())
