@@ -38,6 +38,15 @@ enum Task {
         /// Only the unprivileged unit tests.
         #[arg(long)]
         unit_only: bool,
+        /// Seconds of fuzzing (seeded from the golden fixtures) after the tests; 0 skips it.
+        #[arg(long, default_value_t = 30)]
+        fuzz_seconds: u64,
+    },
+    /// Fuzz the HTTP/SSE/JSON path (cargo-fuzz on nightly), corpus seeded from the fixtures.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Overhead measurement: Python TLS round trips with no probes, no-op bpftrace hooks, and tokentap.
     Bench {
@@ -64,7 +73,18 @@ fn main() {
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
-        Task::Test { unit_only } => setup().and_then(|()| test(unit_only)),
+        Task::Test {
+            unit_only,
+            fuzz_seconds,
+        } => setup().and_then(|()| {
+            test(unit_only)?;
+            if fuzz_seconds > 0 {
+                fuzz(fuzz_seconds)
+            } else {
+                Ok(())
+            }
+        }),
+        Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
     };
     if let Err(e) = result {
@@ -402,6 +422,49 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
             .arg("--out")
             .arg(root.join("bench-results/overhead.md")),
     )
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let has_cargo_fuzz = output_of(tool("cargo").args(["fuzz", "--version"]))
+        .map(|v| v.contains(CARGO_FUZZ_VERSION))
+        .unwrap_or(false);
+    if !has_cargo_fuzz {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run_cmd(tool("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    // Seeds: every golden LLM fixture as a raw request/response pair.
+    let corpus = root.join("fuzz/corpus/http_llm");
+    run_cmd(
+        tool("cargo")
+            .current_dir(&root)
+            .env("TOKENTAP_WRITE_FUZZ_SEEDS", &corpus)
+            .args([
+                "test",
+                "--package",
+                "tokentap",
+                "--lib",
+                "write_fuzz_seeds",
+                "--quiet",
+            ]),
+    )?;
+    eprintln!("xtask: fuzzing http_llm for {seconds} s");
+    run_cmd(
+        tool("cargo")
+            .current_dir(root.join("fuzz"))
+            .args([&format!("+{NIGHTLY}"), "fuzz", "run", "http_llm"])
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
+    )
+    .context("the fuzzer found a crash, a hang or an allocation blow-up: the input is in fuzz/artifacts/http_llm/")
 }
 
 /// Installs Debian packages that are missing.

@@ -762,3 +762,73 @@ fn record_carries_no_credentials_or_bodies() {
     assert!(!json.contains("Bearer"), "{json}");
     assert!(!json.contains("Hi"), "{json}");
 }
+
+/// Writes every fixture as a fuzz seed for `fuzz/fuzz_targets/http_llm.rs`: a role byte, a
+/// record-size byte, the raw request (with Content-Length), `\0\xff\0\xff`, and the raw
+/// response (the fixture's body deliveries as chunks). Runs only when
+/// `TOKENTAP_WRITE_FUZZ_SEEDS=DIR` is set (`cargo xtask fuzz` does that).
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("TOKENTAP_WRITE_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    fs::create_dir_all(&dir).expect("seed dir");
+    let mut written = 0;
+    for entry in fs::read_dir(fixtures_dir()).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "fixture") {
+            continue;
+        }
+        let f = parse_fixture(&fs::read_to_string(&path).expect("read fixture"));
+        let body = f
+            .request
+            .body
+            .complete()
+            .unwrap_or(&f.request.body.head)
+            .to_vec();
+        let mut req = format!("{} {} HTTP/1.1\r\n", f.request.method, f.request.target);
+        for (n, v) in f.request.headers.iter() {
+            if n != "content-length" && n != "transfer-encoding" {
+                req.push_str(&format!("{n}: {v}\r\n"));
+            }
+        }
+        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        let mut req = req.into_bytes();
+        req.extend_from_slice(&body);
+        let mut resp = Vec::new();
+        for ev in &f.events {
+            match ev {
+                Ev::Head(h) => {
+                    resp.extend_from_slice(format!("HTTP/1.1 {} X\r\n", h.status).as_bytes());
+                    for (n, v) in h.headers.iter() {
+                        if n != "content-length" && n != "transfer-encoding" {
+                            resp.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+                        }
+                    }
+                    resp.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                }
+                Ev::Body(_, bytes) if !bytes.is_empty() => {
+                    resp.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                    resp.extend_from_slice(bytes);
+                    resp.extend_from_slice(b"\r\n");
+                }
+                Ev::End(..) => resp.extend_from_slice(b"0\r\n\r\n"),
+                _ => {}
+            }
+        }
+        let role = u8::from(f.role == Role::Server);
+        let mut seed = vec![role, 64];
+        seed.extend_from_slice(&req);
+        seed.extend_from_slice(b"\0\xff\0\xff");
+        seed.extend_from_slice(&resp);
+        let name = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        fs::write(dir.join(name), seed).expect("write seed");
+        written += 1;
+    }
+    assert!(written > 0, "no fixtures found");
+}
