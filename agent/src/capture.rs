@@ -1,9 +1,13 @@
 //! `tokentap capture`: every stream item as one JSON line, for people debugging capture.
 //!
 //! Data lines carry the bytes as `data` when they are UTF-8 and as `data_b64` otherwise, so
-//! the output is both readable and exact.
+//! the output is both readable and exact, except that credentials (`Authorization` and similar
+//! headers, `?key=` parameters) are masked with `*` of the same length ([`Redactor`]).
 
-use std::io::{self, Write};
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+};
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -12,7 +16,8 @@ use tokentap_common::Direction;
 use crate::{
     clock::{KtimeClock, rfc3339_nanos},
     pipeline::StreamSink,
-    stream::StreamItem,
+    redact::Redactor,
+    stream::{ConnKey, StreamItem},
 };
 
 pub fn direction_name(d: Direction) -> &'static str {
@@ -26,6 +31,7 @@ pub fn direction_name(d: Direction) -> &'static str {
 pub struct CaptureSink<W: Write> {
     out: W,
     pids: Vec<u32>,
+    redactors: HashMap<(ConnKey, Direction), Redactor>,
     /// Lines that could not be written (stdout closed): counted, never fatal mid-batch.
     pub write_errors: u64,
 }
@@ -35,6 +41,7 @@ impl<W: Write> CaptureSink<W> {
         Self {
             out,
             pids,
+            redactors: HashMap::new(),
             write_errors: 0,
         }
     }
@@ -49,7 +56,7 @@ impl<W: Write> CaptureSink<W> {
 }
 
 /// The JSON form of one stream item.
-pub fn item_json(item: &StreamItem<'_, '_>, clock: &KtimeClock) -> Value {
+pub fn item_json(item: &StreamItem<'_, '_>, data: &[u8], clock: &KtimeClock) -> Value {
     match item {
         StreamItem::Data {
             key,
@@ -69,13 +76,13 @@ pub fn item_json(item: &StreamItem<'_, '_>, clock: &KtimeClock) -> Value {
                 "offset": offset,
                 "call_len": record.call_len,
                 "call_offset": record.call_offset,
-                "len": record.data.len(),
+                "len": data.len(),
             });
-            match std::str::from_utf8(record.data) {
+            match std::str::from_utf8(data) {
                 Ok(text) => v["data"] = Value::from(text),
                 Err(_) => {
                     v["data_b64"] =
-                        Value::from(base64::engine::general_purpose::STANDARD.encode(record.data));
+                        Value::from(base64::engine::general_purpose::STANDARD.encode(data));
                 }
             }
             v
@@ -114,7 +121,21 @@ impl<W: Write> StreamSink for CaptureSink<W> {
         if !self.pids.is_empty() && !self.pids.contains(&pid) {
             return;
         }
-        let line = item_json(item, clock);
+        let mut data = Vec::new();
+        match item {
+            StreamItem::Data { key, record, .. } => {
+                data.extend_from_slice(record.data);
+                self.redactors
+                    .entry((*key, record.direction))
+                    .or_default()
+                    .redact(&mut data);
+            }
+            StreamItem::Closed { key, .. } => {
+                self.redactors.retain(|(k, _), _| k != key);
+            }
+            StreamItem::Gap { .. } => {}
+        }
+        let line = item_json(item, &data, clock);
         if serde_json::to_writer(&mut self.out, &line).is_err()
             || self.out.write_all(b"\n").is_err()
         {
@@ -187,6 +208,49 @@ mod tests {
         assert_eq!(lines[0]["function"], "SSL_read_ex");
         assert_eq!(lines[1]["cause"], "truncated");
         assert_eq!(lines[1]["len"], 9);
+    }
+
+    #[test]
+    fn credentials_are_masked_across_records() {
+        let clock = KtimeClock::with_offset(0);
+        let key = ConnKey { tgid: 1, conn: 2 };
+        let mut sink = CaptureSink::new(Vec::new(), vec![]);
+        let parts: [&[u8]; 2] = [
+            b"GET / HTTP/1.1\r\nAuthoriz",
+            b"ation: Bearer sk-abc\r\n\r\n",
+        ];
+        let mut offset = 0;
+        for part in parts {
+            let record = TlsData {
+                common: Common {
+                    tgid: 1,
+                    tid: 1,
+                    ktime_ns: 0,
+                },
+                conn: 2,
+                buf_addr: 0,
+                call_len: part.len() as u64,
+                call_offset: 0,
+                direction: Direction::Write,
+                function: TlsFunction::SslWriteEx,
+                unreadable: false,
+                missing_len: 0,
+                comm: b"python3",
+                data: part,
+            };
+            sink.item(
+                &StreamItem::Data {
+                    key,
+                    offset,
+                    record: &record,
+                },
+                &clock,
+            );
+            offset += part.len() as u64;
+        }
+        let out = String::from_utf8(sink.into_inner()).expect("utf8");
+        assert!(!out.contains("sk-abc"), "{out}");
+        assert!(out.contains("ation:**************"), "{out}");
     }
 
     #[test]

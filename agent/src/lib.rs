@@ -15,6 +15,7 @@ pub mod llm;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;
+pub mod redact;
 pub mod runtime;
 pub mod self_metrics;
 pub mod server;

@@ -75,3 +75,70 @@ fn sdk_ground_truth_equals_metrics() {
         comparison.checked, comparison.label_sets
     );
 }
+
+/// `tokentap watch --json`, the one-script developer's view: one record per SDK call, with the
+/// provider, models, tokens and status the SDK itself saw.
+#[test]
+fn watch_prints_one_record_per_sdk_call() {
+    if !privileged_tests_enabled() {
+        return;
+    }
+    let python = sdk_python().expect(
+        "the SDK venv is missing: `cargo xtask setup` builds target/e2e-venv (or set TOKENTAP_SDK_PYTHON)",
+    );
+    let mock = MockProvider::start().expect("start the mock provider");
+    let mut agent = Agent::start(&["watch", "--json"]).expect("start tokentap watch");
+    let stdout = agent.collect_stdout();
+    let scenarios = [
+        "openai.chat",
+        "openai.chat.stream",
+        "anthropic.messages.stream",
+        "openai.chat.429",
+    ];
+    let (report, _) = run_sdk_client(&python, &mock, &scenarios).expect("the SDK client runs");
+    // Records of finished calls are printed within the agent's 20 ms poll.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop().expect("the agent stops cleanly");
+    let out = stdout.join().expect("stdout reader");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every watch --json line is JSON"))
+        .filter(|r: &serde_json::Value| r["pid"].as_u64() == Some(u64::from(report.pid)))
+        .collect();
+    assert_eq!(
+        records.len(),
+        report.calls.len(),
+        "one record per call:\n{out}"
+    );
+    for call in &report.calls {
+        let found: Vec<_> = records
+            .iter()
+            .filter(|r| r["request_model"].as_str() == Some(call.request_model.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "one record for {}", call.request_model);
+        let r = found[0];
+        assert_eq!(r["provider"].as_str(), Some(call.provider.as_str()), "{r}");
+        assert_eq!(
+            r["operation"].as_str(),
+            Some(call.operation.as_str()),
+            "{r}"
+        );
+        assert_eq!(
+            r["response_model"].as_str(),
+            call.response_model.as_deref(),
+            "{r}"
+        );
+        assert_eq!(r["http_status"].as_u64(), call.status.map(u64::from), "{r}");
+        assert_eq!(r["error_type"].as_str(), call.error_type.as_deref(), "{r}");
+        assert_eq!(r["streaming"].as_bool(), Some(call.streaming), "{r}");
+        if let Some(t) = call.tokens {
+            assert_eq!(r["tokens"]["input"].as_u64(), t.input, "{r}");
+            assert_eq!(r["tokens"]["output"].as_u64(), t.output, "{r}");
+        }
+        let text = r.to_string();
+        assert!(
+            !text.contains("sk-") && !text.to_lowercase().contains("authorization"),
+            "no credentials: {text}"
+        );
+    }
+}
