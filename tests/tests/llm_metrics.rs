@@ -11,10 +11,13 @@
 use std::time::Duration;
 
 use tokentap_tests::genai_check::compare;
-use tokentap_tests::harness::{Agent, http_get, privileged_tests_enabled};
+use tokentap_tests::harness::{Agent, Capture, http_get, privileged_tests_enabled};
 use tokentap_tests::mock_provider::MockProvider;
 use tokentap_tests::prom;
 use tokentap_tests::sdk::{check_against_mock, run_sdk_client, sdk_python};
+
+/// The key `sdk_client.py` gives every SDK.
+const SDK_API_KEY: &str = "sk-tokentap-test-not-a-real-key";
 
 #[test]
 fn sdk_ground_truth_equals_metrics() {
@@ -64,6 +67,11 @@ fn sdk_ground_truth_equals_metrics() {
     let (status, text) = http_get(&addr, "/metrics").expect("scrape /metrics");
     assert_eq!(status, 200);
     let samples = prom::parse(&text).expect("/metrics is Prometheus text");
+    // The SDKs sent their key in Authorization, x-api-key and x-goog-api-key headers.
+    assert!(
+        !text.contains(SDK_API_KEY),
+        "an API key leaked into /metrics"
+    );
     // Checked after the comparison, so that a failed stop does not hide what /metrics said.
     let stopped = agent.stop();
 
@@ -98,8 +106,17 @@ fn watch_prints_one_record_per_sdk_call() {
     let (report, _) = run_sdk_client(&python, &mock, &scenarios).expect("the SDK client runs");
     // Records of finished calls are printed within the agent's 20 ms poll.
     std::thread::sleep(Duration::from_millis(500));
+    let agent_log = agent.stderr();
     agent.stop().expect("the agent stops cleanly");
     let out = stdout.join().expect("stdout reader");
+    assert!(
+        !out.contains(SDK_API_KEY),
+        "an API key leaked into watch output"
+    );
+    assert!(
+        !agent_log.contains(SDK_API_KEY),
+        "an API key leaked into the agent's log"
+    );
     let records: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("every watch --json line is JSON"))
@@ -139,6 +156,57 @@ fn watch_prints_one_record_per_sdk_call() {
         assert!(
             !text.contains("sk-") && !text.to_lowercase().contains("authorization"),
             "no credentials: {text}"
+        );
+    }
+}
+
+/// `tokentap capture` shows raw plaintext, but never the SDKs' API keys: the credential
+/// headers are there, masked.
+#[test]
+fn capture_masks_sdk_credentials() {
+    if !privileged_tests_enabled() {
+        return;
+    }
+    let python = sdk_python().expect(
+        "the SDK venv is missing: `cargo xtask setup` builds target/e2e-venv (or set TOKENTAP_SDK_PYTHON)",
+    );
+    let mock = MockProvider::start().expect("start the mock provider");
+    let capture = Capture::start(&[]).expect("start tokentap capture");
+    let scenarios = ["openai.chat", "anthropic.messages", "gemini.generate"];
+    let (report, _) = run_sdk_client(&python, &mock, &scenarios).expect("the SDK client runs");
+    let log = capture.finish().expect("capture output");
+    let mut headers_seen = Vec::new();
+    for ((write, _read), _) in log
+        .connections_of(u64::from(report.pid))
+        .into_values()
+        .map(|c| (c, ()))
+    {
+        let text: String = write
+            .segments
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(
+            !text.contains(SDK_API_KEY),
+            "an API key leaked into capture output"
+        );
+        for header in ["authorization:", "x-api-key:", "x-goog-api-key:"] {
+            if let Some(at) = text.to_ascii_lowercase().find(header) {
+                let value = &text[at + header.len()..];
+                let value = value.split("\r\n").next().unwrap_or("");
+                assert!(
+                    value.chars().all(|c| c == '*'),
+                    "{header} not masked: {value:?}"
+                );
+                headers_seen.push(header);
+            }
+        }
+    }
+    // (anthropic 2.x sends its key as a bearer token, not in x-api-key.)
+    for header in ["authorization:", "x-goog-api-key:"] {
+        assert!(
+            headers_seen.contains(&header),
+            "the SDKs sent {header} and the capture showed it masked"
         );
     }
 }
