@@ -76,14 +76,7 @@ fn main() {
         Task::Test {
             unit_only,
             fuzz_seconds,
-        } => setup().and_then(|()| {
-            test(unit_only)?;
-            if fuzz_seconds > 0 {
-                fuzz(fuzz_seconds)
-            } else {
-                Ok(())
-            }
-        }),
+        } => setup().and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
     };
@@ -344,7 +337,7 @@ fn run(args: &[OsString]) -> anyhow::Result<()> {
     run_cmd(&mut cmd)
 }
 
-fn test(unit_only: bool) -> anyhow::Result<()> {
+fn test(unit_only: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
     let root = workspace_root();
     // Unit tests: no privileges, no eBPF object needed.
     run_cmd(tool("cargo").current_dir(&root).args([
@@ -364,6 +357,10 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     )?;
     if unit_only {
         return Ok(());
+    }
+    // A short fuzz run before the end-to-end tests, so the log ends with their results.
+    if fuzz_seconds > 0 {
+        fuzz(fuzz_seconds)?;
     }
     build()?;
     if !is_root() {
