@@ -20,6 +20,11 @@ pub trait RecordSink {
     fn record(&mut self, record: &ExchangeRecord);
 }
 
+/// Adds to a record before the sinks see it (cost, anomaly flags, content).
+pub trait RecordEnricher {
+    fn enrich(&mut self, record: &mut ExchangeRecord);
+}
+
 impl RecordSink for GenAiMetrics {
     fn record(&mut self, record: &ExchangeRecord) {
         GenAiMetrics::record(self, record);
@@ -93,6 +98,7 @@ pub struct ExchangeSink {
     http: HttpTracker,
     llm: ExchangeTracker,
     processes: ProcessInfo,
+    enrichers: Vec<Box<dyn RecordEnricher + Send>>,
     sinks: Vec<Box<dyn RecordSink + Send>>,
     records: u64,
 }
@@ -108,9 +114,16 @@ impl ExchangeSink {
             http: HttpTracker::new(http),
             llm: ExchangeTracker::new(providers),
             processes: ProcessInfo::new(proc_root),
+            enrichers: Vec::new(),
             sinks,
             records: 0,
         }
+    }
+
+    /// Adds a stage that enriches every record before the sinks see it (in order added).
+    pub fn with_enricher(mut self, enricher: Box<dyn RecordEnricher + Send>) -> Self {
+        self.enrichers.push(enricher);
+        self
     }
 
     pub fn http_stats(&self) -> &HttpStats {
@@ -156,6 +169,7 @@ impl StreamSink for ExchangeSink {
             http,
             llm,
             processes,
+            enrichers,
             sinks,
             records,
         } = self;
@@ -165,8 +179,11 @@ impl StreamSink for ExchangeSink {
         let unix_ns_of = |ktime: u64| clock.to_unix_ns(ktime);
         http.on_stream_item(item, &mut |ev| {
             let ctx = processes.get(event_tgid(&ev), b"");
-            llm.on_http_event(&ev, ctx, &unix_ns_of, &mut |record| {
+            llm.on_http_event(&ev, ctx, &unix_ns_of, &mut |mut record| {
                 *records += 1;
+                for enricher in enrichers.iter_mut() {
+                    enricher.enrich(&mut record);
+                }
                 for sink in sinks.iter_mut() {
                     sink.record(&record);
                 }

@@ -74,6 +74,38 @@ pub struct ExchangeRecord {
     pub pid: u32,
     pub executable: String,
     pub container_id: Option<String>,
+    /// The request's W3C `traceparent` header (validated), so a span can join the caller's
+    /// trace.
+    pub traceparent: Option<String>,
+    /// What the call cost, when its model has a price (set by the cost stage).
+    pub cost: Option<Cost>,
+    /// Anomalies flagged on this call: `repetition_loop`, `prompt_bloat`, `truncated`,
+    /// `rate_limited`.
+    pub anomalies: Vec<String>,
+    /// Prompt and completion text, only with `--capture-content`, truncated and redacted.
+    pub content: Option<Content>,
+}
+
+/// Cost of one call in USD, by token type, and the price entry used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Cost {
+    pub total_usd: f64,
+    pub input_usd: f64,
+    pub output_usd: f64,
+    pub cache_read_usd: f64,
+    pub cache_write_usd: f64,
+    pub reasoning_usd: f64,
+    /// The price table entry that matched (`openai/gpt-4o`).
+    pub priced_as: String,
+}
+
+/// Captured content (opt-in), truncated and with secrets redacted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Content {
+    pub prompt: Option<String>,
+    pub completion: Option<String>,
+    /// Either text was cut at the configured size.
+    pub truncated: bool,
 }
 
 /// Serializable role name.

@@ -182,6 +182,8 @@ struct Exchange {
     last_ktime: u64,
     request_bytes: u64,
     request_undecodable: bool,
+    /// The request's W3C trace context, when it carried a valid one.
+    traceparent: Option<String>,
     response: Option<Response>,
 }
 
@@ -458,6 +460,7 @@ impl ExchangeTracker {
             last_ktime: req.end_ktime_ns,
             request_bytes: req.wire_len,
             request_undecodable: req.body.undecodable,
+            traceparent: req.headers.get("traceparent").and_then(valid_traceparent),
             response: None,
         };
         self.next_seq += 1;
@@ -627,6 +630,7 @@ impl ExchangeTracker {
             last_ktime: _,
             request_bytes,
             request_undecodable,
+            traceparent,
             response,
         } = ex;
         self.stats.exchanges += 1;
@@ -646,6 +650,7 @@ impl ExchangeTracker {
             executable: ctx.executable.clone(),
             container_id: ctx.container_id.clone(),
             capture_gaps: request_undecodable,
+            traceparent,
             ..ExchangeRecord::default()
         };
         let Some(resp) = response else {
@@ -755,6 +760,51 @@ impl ExchangeTracker {
                 stats.oversized_events += d.oversized;
             }
             Decoder::EventStream(_) => {}
+        }
+    }
+}
+
+/// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), lowercased, or
+/// None when malformed or all-zero. It comes from traffic, so nothing else is accepted.
+pub(crate) fn valid_traceparent(value: &str) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = v.split('-').collect();
+    let [version, trace, span, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    (hex(version, 2)
+        && *version != "ff"
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(span, 16)
+        && nonzero(span)
+        && hex(flags, 2))
+    .then_some(v)
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::valid_traceparent;
+
+    #[test]
+    fn only_well_formed_trace_contexts_are_kept() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(valid_traceparent(good).as_deref(), Some(good));
+        assert_eq!(
+            valid_traceparent(&good.to_uppercase()).as_deref(),
+            Some(good)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(valid_traceparent(bad), None, "{bad}");
         }
     }
 }
