@@ -135,20 +135,25 @@ fn workload(rounds: usize) -> (Vec<Vec<u8>>, u64, u64) {
     let (stream_resp, stream_req) = anthropic_stream();
     let (long_req, long_resp) = long_context();
     let (emb_req, emb_resp) = embeddings();
+    let mut offsets = std::collections::HashMap::new();
     let mut call = |records: &mut Vec<Vec<u8>>, conn: u64, dir: Direction, bytes: &[u8]| {
         ktime += 50_000;
+        let offset: &mut u64 = offsets.entry((conn, dir as u8)).or_default();
+        let stream_offset = *offset;
+        *offset += bytes.len() as u64;
         for rec in encode::tls_call(
             4242,
             ktime,
             conn,
             ktime,
             dir,
+            stream_offset,
             bytes,
             DEFAULT_HEAD_BYTES,
             DEFAULT_TAIL_BYTES,
             16 * 1024,
         ) {
-            payload += rec.len().saturating_sub(80) as u64;
+            payload += rec.len().saturating_sub(88) as u64;
             records.push(rec);
         }
     };
@@ -200,12 +205,13 @@ fn small_chats(n: usize) -> (Vec<Vec<u8>>, u64) {
                 9,
                 i,
                 dir,
+                i * bytes.len() as u64,
                 bytes,
                 DEFAULT_HEAD_BYTES,
                 DEFAULT_TAIL_BYTES,
                 16 * 1024,
             ) {
-                payload += rec.len().saturating_sub(80) as u64;
+                payload += rec.len().saturating_sub(88) as u64;
                 records.push(rec);
             }
         }

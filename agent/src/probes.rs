@@ -117,18 +117,20 @@ pub enum AttachOutcome {
 }
 
 /// The dynamic loader's debugger hook, called after every change to a process's link map.
-const LOADER_HOOKS: &[(&str, &str, bool)] = &[(programs::DL_DEBUG_STATE, "_dl_debug_state", false)];
+const LOADER_HOOKS: &[(&str, &str)] = &[(programs::DL_DEBUG_STATE, "_dl_debug_state")];
 
-/// (uprobe program, function, is return probe). The return probe is attached before the entry
-/// probes so that no entry is stashed without its return being watched.
-const SSL_HOOKS: &[(&str, &str, bool)] = &[
-    (programs::SSL_READ_RETURN, "SSL_read", true),
-    (programs::SSL_READ_RETURN, "SSL_read_ex", true),
-    (programs::SSL_READ_ENTER, "SSL_read", false),
-    (programs::SSL_READ_EX_ENTER, "SSL_read_ex", false),
-    (programs::SSL_WRITE, "SSL_write", false),
-    (programs::SSL_WRITE_EX, "SSL_write_ex", false),
-    (programs::SSL_FREE, "SSL_free", false),
+/// (uprobe program, function). Return probes are attached before the entry probes so that no
+/// entry is stashed without its return being watched.
+const SSL_HOOKS: &[(&str, &str)] = &[
+    (programs::SSL_READ_RETURN, "SSL_read"),
+    (programs::SSL_READ_RETURN, "SSL_read_ex"),
+    (programs::SSL_WRITE_RETURN, "SSL_write"),
+    (programs::SSL_WRITE_RETURN, "SSL_write_ex"),
+    (programs::SSL_READ_ENTER, "SSL_read"),
+    (programs::SSL_READ_EX_ENTER, "SSL_read_ex"),
+    (programs::SSL_WRITE, "SSL_write"),
+    (programs::SSL_WRITE_EX, "SSL_write_ex"),
+    (programs::SSL_FREE, "SSL_free"),
 ];
 
 /// The loaded programs and what they are attached to.
@@ -161,6 +163,7 @@ impl Probes {
             programs::SSL_READ_ENTER,
             programs::SSL_READ_EX_ENTER,
             programs::SSL_READ_RETURN,
+            programs::SSL_WRITE_RETURN,
             programs::SSL_FREE,
             programs::DL_DEBUG_STATE,
         ] {
@@ -250,7 +253,7 @@ impl Probes {
             LibraryKind::OpenSsl => SSL_HOOKS,
             LibraryKind::DynamicLoader => LOADER_HOOKS,
         };
-        for &(name, function, _ret) in hooks {
+        for &(name, function) in hooks {
             match attach_uprobe(&mut self.ebpf, name, function, &target) {
                 Ok(()) => {
                     if !functions.contains(&function) {

@@ -18,7 +18,8 @@ pub struct SelfMetrics {
     gaps: IntCounterVec,
     kernel_lost: IntCounterVec,
     kernel_lost_bytes: IntCounter,
-    write_retries: IntCounter,
+    calls_lost: IntCounter,
+    offset_resets: IntCounter,
     out_of_order: IntCounter,
     connections_opened: IntCounter,
     connections_evicted: IntCounter,
@@ -66,8 +67,9 @@ fn kernel_reason(c: KernelCounter) -> Option<&'static str> {
     match c {
         KernelCounter::RingbufFull => Some("ringbuf_full"),
         KernelCounter::UserReadFailed => Some("user_memory_unreadable"),
-        KernelCounter::ReadArgsFull => Some("read_args_full"),
-        KernelCounter::ReadBytesUnreadable => Some("readbytes_unreadable"),
+        KernelCounter::CallArgsFull => Some("call_args_full"),
+        KernelCounter::LenUnreadable => Some("length_unreadable"),
+        KernelCounter::CallArgsMissing => Some("call_args_missing"),
         KernelCounter::RingbufBytesLost => None,
     }
 }
@@ -117,10 +119,15 @@ impl SelfMetrics {
                 "tokentap_bytes_lost_total",
                 "Payload bytes in records the ring buffer had no room for.",
             ),
-            write_retries: counter(
+            calls_lost: counter(
                 r,
-                "tokentap_write_retries_dropped_total",
-                "SSL_write calls recognised as retries of the previous write (WANT_WRITE) and not appended twice.",
+                "tokentap_calls_lost_total",
+                "TLS calls whose records were all lost (seen as jumps in the kernel's stream offsets; their bytes are gaps).",
+            ),
+            offset_resets: counter(
+                r,
+                "tokentap_stream_offset_resets_total",
+                "Kernel stream offsets that went backwards (per-connection state evicted in the kernel).",
             ),
             out_of_order: counter(
                 r,
@@ -233,9 +240,14 @@ impl SelfMetrics {
             last.pipeline.processes_seen,
         );
         inc(
-            &self.write_retries,
-            assembler.write_retries_dropped,
-            last.assembler.write_retries_dropped,
+            &self.calls_lost,
+            assembler.calls_lost,
+            last.assembler.calls_lost,
+        );
+        inc(
+            &self.offset_resets,
+            assembler.offset_resets,
+            last.assembler.offset_resets,
         );
         inc(
             &self.out_of_order,
@@ -249,8 +261,8 @@ impl SelfMetrics {
         );
         inc(
             &self.connections_evicted,
-            assembler.connections_evicted,
-            last.assembler.connections_evicted,
+            assembler.connections_evicted + assembler.connections_over_cap,
+            last.assembler.connections_evicted + last.assembler.connections_over_cap,
         );
         for (i, c) in KernelCounter::ALL.iter().enumerate() {
             match kernel_reason(*c) {

@@ -8,10 +8,10 @@
 //! a later HTTP parser can skip a gap by length and stay in sync with Content-Length and
 //! chunked framing.
 //!
-//! Writes are captured at `SSL_write*` entry. A write that failed with `WANT_WRITE` on a
-//! non-blocking socket is called again with the same buffer, length and bytes; such a repeat
-//! (same buffer address, same length, same first-record fingerprint, no read on the connection
-//! in between) is dropped and counted instead of being appended twice.
+//! Every record also carries where its call starts in the stream as the kernel counted it, so
+//! a call whose records were all lost (ring buffer full) still shows up as a gap of exact
+//! length. A kernel count that goes backwards (its per-connection entry was evicted) is
+//! counted and otherwise ignored: user-space offsets only move forward.
 
 use std::collections::HashMap;
 
@@ -93,20 +93,26 @@ pub struct CaptureLimits {
 /// Counters the assembler keeps; the agent exports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AssemblerStats {
-    pub write_retries_dropped: u64,
+    /// Calls that were lost whole, seen as jumps in the kernel's stream offsets.
+    pub calls_lost: u64,
+    /// Kernel stream offsets that went backwards (its per-connection state was evicted).
+    pub offset_resets: u64,
     /// Records that arrived for a call other than the one in progress, out of order.
     pub records_out_of_order: u64,
     pub connections_opened: u64,
     pub connections_evicted: u64,
+    /// Connections dropped because `MAX_CONNECTIONS` were tracked.
+    pub connections_over_cap: u64,
 }
+
+/// Connections tracked at once; past this the longest-idle ones are dropped (counted).
+pub const MAX_CONNECTIONS: usize = 65_536;
 
 #[derive(Debug, Default)]
 struct CallInProgress {
     call_len: u64,
     /// Next expected offset within the call.
     next: u64,
-    /// This call repeats the previous write (a retry): swallow it.
-    repeat: bool,
 }
 
 #[derive(Debug, Default)]
@@ -114,20 +120,37 @@ struct DirectionState {
     /// Stream offset where the current (or next) call starts.
     call_start: u64,
     call: Option<CallInProgress>,
+    /// The kernel's stream offset the next call should start at.
+    kernel_next: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct WriteFingerprint {
-    buf_addr: u64,
-    call_len: u64,
-    first_record_hash: u64,
+impl DirectionState {
+    /// Ends the call in progress: whatever it still owed was lost.
+    fn end_call<'a>(
+        &mut self,
+        key: ConnKey,
+        direction: Direction,
+        emit: &mut dyn FnMut(StreamItem<'a, '_>),
+    ) {
+        if let Some(prev) = self.call.take() {
+            let owed = prev.call_len - prev.next;
+            if owed > 0 {
+                emit(StreamItem::Gap {
+                    key,
+                    direction,
+                    offset: self.call_start + prev.next,
+                    len: owed,
+                    cause: GapCause::Lost,
+                });
+            }
+            self.call_start += prev.call_len;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct ConnState {
     dirs: [DirectionState; 2],
-    /// The last write call's fingerprint, cleared by any read.
-    last_write: Option<WriteFingerprint>,
     last_seen_ktime: u64,
 }
 
@@ -170,6 +193,9 @@ impl StreamAssembler {
             tgid: record.common.tgid,
             conn: record.conn,
         };
+        if !self.conns.contains_key(&key) && self.conns.len() >= MAX_CONNECTIONS {
+            self.drop_idlest(emit);
+        }
         let limits = self.limits;
         let stats = &mut self.stats;
         let state = self.conns.entry(key).or_insert_with(|| {
@@ -180,74 +206,41 @@ impl StreamAssembler {
         let direction = record.direction;
         let dir = &mut state.dirs[direction as usize];
 
-        if record.call_offset == 0 || dir.call.is_none() {
-            // A new call. Whatever the previous call still owed was lost.
-            if let Some(prev) = dir.call.take() {
-                let owed = prev.call_len - prev.next;
-                if owed > 0 && !prev.repeat {
+        let continues = dir.call.as_ref().is_some_and(|c| {
+            record.call_offset != 0 && record.call_len == c.call_len && record.call_offset >= c.next
+        });
+        if !continues {
+            if dir.call.is_some() && record.call_offset != 0 {
+                // Not the call in progress: its start was lost, or records were reordered.
+                stats.records_out_of_order += 1;
+            }
+            dir.end_call(key, direction, emit);
+            // A whole call lost in between shows as a jump in the kernel's offsets.
+            if let Some(expected) = dir.kernel_next {
+                if record.stream_offset > expected {
+                    let len = record.stream_offset - expected;
+                    stats.calls_lost += 1;
                     emit(StreamItem::Gap {
                         key,
                         direction,
-                        offset: dir.call_start + prev.next,
-                        len: owed,
+                        offset: dir.call_start,
+                        len,
                         cause: GapCause::Lost,
                     });
+                    dir.call_start += len;
+                } else if record.stream_offset < expected {
+                    stats.offset_resets += 1;
                 }
-                if !prev.repeat {
-                    dir.call_start += prev.call_len;
-                }
             }
-            let repeat = direction == Direction::Write
-                && record.call_offset == 0
-                && Self::is_repeated_write(&mut state.last_write, record);
-            if direction == Direction::Read {
-                state.last_write = None;
-            }
-            if repeat {
-                stats.write_retries_dropped += 1;
-            }
-            let dir = &mut state.dirs[direction as usize];
+            dir.kernel_next = Some(record.stream_offset.saturating_add(record.call_len));
             dir.call = Some(CallInProgress {
                 call_len: record.call_len,
                 next: 0,
-                repeat,
             });
         }
-
-        let dir = &mut state.dirs[direction as usize];
         let Some(call) = dir.call.as_mut() else {
             return;
         };
-        if record.call_len != call.call_len || record.call_offset < call.next {
-            // Not the call in progress: its start was lost, or records were reordered. Treat it
-            // as a new call so offsets only move forward.
-            stats.records_out_of_order += 1;
-            let owed = call.call_len - call.next;
-            if owed > 0 && !call.repeat {
-                emit(StreamItem::Gap {
-                    key,
-                    direction,
-                    offset: dir.call_start + call.next,
-                    len: owed,
-                    cause: GapCause::Lost,
-                });
-            }
-            if !call.repeat {
-                dir.call_start += call.call_len;
-            }
-            *call = CallInProgress {
-                call_len: record.call_len,
-                next: 0,
-                repeat: false,
-            };
-        }
-        if call.repeat {
-            call.next = record.call_offset + record.data.len() as u64 + record.missing_len;
-            if call.next >= call.call_len {
-                dir.call = None;
-            }
-            return;
-        }
         if record.call_offset > call.next {
             let len = record.call_offset - call.next;
             let head_end = call.call_len.min(limits.head_bytes);
@@ -289,18 +282,27 @@ impl StreamAssembler {
         }
     }
 
-    /// Whether this first record of a write repeats the previous write; remembers it if not.
-    fn is_repeated_write(last: &mut Option<WriteFingerprint>, record: &TlsData<'_>) -> bool {
-        let fingerprint = WriteFingerprint {
-            buf_addr: record.buf_addr,
-            call_len: record.call_len,
-            first_record_hash: fingerprint_hash(record.data),
-        };
-        if *last == Some(fingerprint) {
-            return true;
+    /// Drops the longest-idle connections (a hundredth of the cap at once), counted.
+    fn drop_idlest<'a>(&mut self, emit: &mut dyn FnMut(StreamItem<'a, '_>)) {
+        let mut by_age: Vec<(u64, ConnKey)> = self
+            .conns
+            .iter()
+            .map(|(k, s)| (s.last_seen_ktime, *k))
+            .collect();
+        if by_age.is_empty() {
+            return;
         }
-        *last = Some(fingerprint);
-        false
+        let n = (MAX_CONNECTIONS / 100).clamp(1, by_age.len());
+        let last = by_age.len() - 1;
+        by_age.select_nth_unstable(n.min(last));
+        for (_, key) in by_age.into_iter().take(n) {
+            self.conns.remove(&key);
+            self.stats.connections_over_cap += 1;
+            emit(StreamItem::Closed {
+                key,
+                reason: CloseReason::Evicted,
+            });
+        }
     }
 
     /// The `SSL*` was freed: the connection is over.
@@ -351,23 +353,6 @@ impl StreamAssembler {
     }
 }
 
-/// A fast 64-bit hash of a record's bytes (not cryptographic: it only tells a retried write from
-/// a new one that happens to reuse the same buffer address and length).
-fn fingerprint_hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = (bytes.len() as u64).wrapping_mul(K);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = (h ^ u64::from_le_bytes(b)).rotate_left(29).wrapping_mul(K);
-    }
-    for &b in words.remainder() {
-        h = (h ^ u64::from(b)).rotate_left(29).wrapping_mul(K);
-    }
-    h ^ (h >> 32)
-}
-
 #[cfg(test)]
 mod tests {
     use tokentap_common::{TlsFunction, decode::Common};
@@ -397,6 +382,7 @@ mod tests {
             buf_addr,
             call_len,
             call_offset,
+            stream_offset: 0,
             direction,
             function: if direction == Direction::Write {
                 TlsFunction::SslWriteEx
@@ -472,6 +458,7 @@ mod tests {
         conn: u64,
         d: Direction,
         addr: u64,
+        stream_offset: u64,
         payload: &[u8],
         limits: CaptureLimits,
         chunk: usize,
@@ -481,7 +468,16 @@ mod tests {
             tail_bytes,
         } = limits;
         tokentap_common::encode::tls_call(
-            7, 1, conn, addr, d, payload, head_bytes, tail_bytes, chunk,
+            7,
+            1,
+            conn,
+            addr,
+            d,
+            stream_offset,
+            payload,
+            head_bytes,
+            tail_bytes,
+            chunk,
         )
     }
 
@@ -535,7 +531,15 @@ mod tests {
         feed(
             &mut a,
             &mut out,
-            &decoded(&kernel_records(1, Direction::Write, 2, &payload, LIMITS, 3)),
+            &decoded(&kernel_records(
+                1,
+                Direction::Write,
+                2,
+                2,
+                &payload,
+                LIMITS,
+                3,
+            )),
         );
         feed(
             &mut a,
@@ -571,7 +575,15 @@ mod tests {
                     if part.is_empty() {
                         continue;
                     }
-                    let raw = kernel_records(9, Direction::Read, i as u64, part, limits, chunk);
+                    let raw = kernel_records(
+                        9,
+                        Direction::Read,
+                        i as u64,
+                        if i == 0 { 0 } else { split as u64 },
+                        part,
+                        limits,
+                        chunk,
+                    );
                     feed(&mut a, &mut out, &decoded(&raw));
                 }
                 let s: Vec<u8> = out
@@ -586,77 +598,26 @@ mod tests {
     }
 
     #[test]
-    fn retried_write_is_dropped_once() {
-        let payload: Vec<u8> = (0..40u8).collect();
-        let mut a = StreamAssembler::new(LIMITS);
-        let mut out = Rebuilt::default();
-        let raw = kernel_records(1, Direction::Write, 0xabc, &payload, LIMITS, 4);
-        let recs = decoded(&raw);
-        feed(&mut a, &mut out, &recs);
-        feed(&mut a, &mut out, &recs); // WANT_WRITE, retried
-        feed(&mut a, &mut out, &recs); // and again
-        assert_eq!(out.stream(1, Direction::Write).len(), 40);
-        assert_eq!(a.stats().write_retries_dropped, 2);
-    }
-
-    #[test]
-    fn same_buffer_after_a_read_is_a_new_write() {
-        let mut a = StreamAssembler::new(LIMITS);
-        let mut out = Rebuilt::default();
-        feed(
-            &mut a,
-            &mut out,
-            &[
-                rec(1, Direction::Write, 0xabc, 3, 0, b"GET"),
-                rec(1, Direction::Read, 0xdef, 2, 0, b"OK"),
-                rec(1, Direction::Write, 0xabc, 3, 0, b"GET"),
-            ],
-        );
-        let w: Vec<u8> = out
-            .stream(1, Direction::Write)
-            .into_iter()
-            .flatten()
-            .collect();
-        assert_eq!(w, b"GETGET");
-        assert_eq!(a.stats().write_retries_dropped, 0);
-    }
-
-    #[test]
-    fn same_buffer_and_length_with_new_bytes_is_a_new_write() {
-        let mut a = StreamAssembler::new(LIMITS);
-        let mut out = Rebuilt::default();
-        feed(
-            &mut a,
-            &mut out,
-            &[
-                rec(1, Direction::Write, 0xabc, 3, 0, b"4\r\n"),
-                rec(1, Direction::Write, 0xabc, 3, 0, b"5\r\n"),
-            ],
-        );
-        assert_eq!(out.stream(1, Direction::Write).len(), 6);
-    }
-
-    #[test]
     fn lost_records_become_exact_gaps() {
         let payload: Vec<u8> = (0..12u8).collect();
         let limits = CaptureLimits {
             head_bytes: 64,
             tail_bytes: 64,
         };
-        let raw = kernel_records(1, Direction::Read, 5, &payload, limits, 4);
+        let raw = kernel_records(1, Direction::Read, 5, 0, &payload, limits, 4);
         let mut recs = decoded(&raw);
         recs.remove(1); // bytes 4..8 lost in the ring buffer
         let mut a = StreamAssembler::new(limits);
         let mut out = Rebuilt::default();
         feed(&mut a, &mut out, &recs);
         // The next call's tail is lost as well: the gap closes when a new call starts.
-        let raw_next = kernel_records(1, Direction::Read, 6, &payload, limits, 4);
+        let raw_next = kernel_records(1, Direction::Read, 6, 12, &payload, limits, 4);
         let next = decoded(&raw_next);
         feed(&mut a, &mut out, &next[..1]);
         feed(
             &mut a,
             &mut out,
-            &decoded(&kernel_records(1, Direction::Read, 7, b"xy", limits, 4)),
+            &decoded(&kernel_records(1, Direction::Read, 7, 24, b"xy", limits, 4)),
         );
         assert_eq!(
             out.gaps,
@@ -721,6 +682,87 @@ mod tests {
             }
         });
         assert_eq!(seen, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_call_lost_whole_is_an_exact_gap() {
+        // Three reads; every record of the middle one was lost in the ring buffer. The kernel's
+        // stream offsets say how long it was.
+        let limits = CaptureLimits {
+            head_bytes: 64,
+            tail_bytes: 64,
+        };
+        let mut a = StreamAssembler::new(limits);
+        let mut out = Rebuilt::default();
+        let first = kernel_records(1, Direction::Read, 1, 0, b"HTTP/1.1 200 OK\r\n", limits, 8);
+        let third = kernel_records(1, Direction::Read, 3, 17 + 20, b"\r\nhello", limits, 8);
+        feed(&mut a, &mut out, &decoded(&first));
+        feed(&mut a, &mut out, &decoded(&third));
+        assert_eq!(out.gaps, vec![(17, 20, GapCause::Lost)]);
+        assert_eq!(out.stream(1, Direction::Read).len(), 17 + 20 + 7);
+        assert_eq!(a.stats().calls_lost, 1);
+    }
+
+    #[test]
+    fn kernel_offsets_going_back_are_counted_not_followed() {
+        let limits = CaptureLimits {
+            head_bytes: 64,
+            tail_bytes: 64,
+        };
+        let mut a = StreamAssembler::new(limits);
+        let mut out = Rebuilt::default();
+        feed(
+            &mut a,
+            &mut out,
+            &decoded(&kernel_records(
+                1,
+                Direction::Write,
+                1,
+                100,
+                b"abc",
+                limits,
+                8,
+            )),
+        );
+        feed(
+            &mut a,
+            &mut out,
+            &decoded(&kernel_records(
+                1,
+                Direction::Write,
+                2,
+                0,
+                b"def",
+                limits,
+                8,
+            )),
+        );
+        let s: Vec<u8> = out
+            .stream(1, Direction::Write)
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(s, b"abcdef");
+        assert_eq!(a.stats().offset_resets, 1);
+        assert!(out.gaps.is_empty());
+    }
+
+    #[test]
+    fn connections_are_capped_idlest_first() {
+        let mut a = StreamAssembler::new(LIMITS);
+        let mut closed = 0;
+        for conn in 0..(MAX_CONNECTIONS as u64 + 10) {
+            let mut r = rec(conn, Direction::Write, 1, 1, 0, b"a");
+            r.common.ktime_ns = conn;
+            a.push(&r, &mut |i| {
+                if matches!(i, StreamItem::Closed { .. }) {
+                    closed += 1;
+                }
+            });
+        }
+        assert!(a.open_connections() <= MAX_CONNECTIONS);
+        assert_eq!(a.stats().connections_over_cap, closed);
+        assert!(closed > 0);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct TlsData<'a> {
     pub buf_addr: u64,
     pub call_len: u64,
     pub call_offset: u64,
+    /// Where the call starts in the connection direction's stream (kernel count).
+    pub stream_offset: u64,
     pub direction: Direction,
     pub function: TlsFunction,
     /// The kernel could not read this chunk: `missing_len` bytes at `call_offset` are lost.
@@ -86,6 +88,9 @@ impl DecodeError {
         }
     }
 }
+
+/// Largest call length accepted (256 TiB).
+pub const MAX_CALL_LEN: u64 = 1 << 48;
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
@@ -173,6 +178,13 @@ fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeErro
     }
     let call_len = u64_at(buf, offset_of!(TlsDataHeader, call_len));
     let call_offset = u64_at(buf, offset_of!(TlsDataHeader, call_offset));
+    // No real call moves 2^48 bytes; bounding lengths keeps offset arithmetic overflow-free.
+    if call_len > MAX_CALL_LEN {
+        return Err(DecodeError::BadField {
+            field: "call_len",
+            value: call_len,
+        });
+    }
     if call_offset > call_len || u64::from(data_len) > call_len - call_offset {
         return Err(DecodeError::BadField {
             field: "call_offset",
@@ -186,6 +198,7 @@ fn decode_tls_data(buf: &[u8], common: Common) -> Result<TlsData<'_>, DecodeErro
         buf_addr: u64_at(buf, offset_of!(TlsDataHeader, buf_addr)),
         call_len,
         call_offset,
+        stream_offset: u64_at(buf, offset_of!(TlsDataHeader, stream_offset)),
         direction,
         function,
         unreadable,
@@ -234,6 +247,7 @@ mod tests {
             buf_addr: 0x1000,
             call_len: 100,
             call_offset: 40,
+            stream_offset: 1000,
             data_len,
             direction: Direction::Read as u8,
             function: TlsFunction::SslReadEx as u8,
@@ -374,8 +388,8 @@ mod tests {
     #[test]
     fn layout_is_what_the_kernel_side_assumes() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<TlsDataHeader>(), 80);
-        assert_eq!(size_of::<crate::TlsDataRecord>(), 80 + MAX_CHUNK);
+        assert_eq!(size_of::<TlsDataHeader>(), 88);
+        assert_eq!(size_of::<crate::TlsDataRecord>(), 88 + MAX_CHUNK);
         assert_eq!(align_of::<TlsDataHeader>(), 8);
     }
 }

@@ -49,6 +49,7 @@ pub fn tls_data(
     function: TlsFunction,
     call_len: u64,
     call_offset: u64,
+    stream_offset: u64,
     data: &[u8],
     comm_name: &[u8],
 ) -> Vec<u8> {
@@ -77,6 +78,11 @@ pub fn tls_data(
     );
     put(
         &mut buf,
+        offset_of!(TlsDataHeader, stream_offset),
+        &stream_offset.to_ne_bytes(),
+    );
+    put(
+        &mut buf,
         offset_of!(TlsDataHeader, data_len),
         &(data.len() as u32).to_ne_bytes(),
     );
@@ -99,6 +105,7 @@ pub fn tls_call(
     conn: u64,
     buf_addr: u64,
     direction: Direction,
+    stream_offset: u64,
     payload: &[u8],
     head: u64,
     tail: u64,
@@ -123,7 +130,17 @@ pub fn tls_call(
             let n = (end - off).min(chunk.max(1) as u64);
             let data = &payload[off as usize..(off + n) as usize];
             let mut rec = tls_data(
-                tgid, tgid, ktime_ns, conn, direction, function, len, off, data, b"python3",
+                tgid,
+                tgid,
+                ktime_ns,
+                conn,
+                direction,
+                function,
+                len,
+                off,
+                stream_offset,
+                data,
+                b"python3",
             );
             put(
                 &mut rec,
@@ -171,6 +188,7 @@ mod tests {
             TlsFunction::SslWrite,
             10,
             5,
+            77,
             b"hello",
             b"py",
         );
@@ -178,10 +196,17 @@ mod tests {
             panic!("kind")
         };
         assert_eq!(
-            (d.common.tgid, d.common.tid, d.conn, d.call_offset, d.data),
-            (1, 2, 4, 5, &b"hello"[..])
+            (
+                d.common.tgid,
+                d.common.tid,
+                d.conn,
+                d.call_offset,
+                d.stream_offset,
+                d.data
+            ),
+            (1, 2, 4, 5, 77, &b"hello"[..])
         );
-        let calls = tls_call(1, 0, 9, 0x1000, Direction::Read, &[7u8; 100], 16, 8, 5);
+        let calls = tls_call(1, 0, 9, 0x1000, Direction::Read, 0, &[7u8; 100], 16, 8, 5);
         let total: usize = calls
             .iter()
             .map(|r| match decode(r) {

@@ -17,6 +17,11 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// Arguments of in-flight `SSL_read*` calls, keyed by `pid_tgid`.
     pub const READ_ARGS: &str = "READ_ARGS";
+    /// Arguments of in-flight `SSL_write*` calls, keyed by `pid_tgid`.
+    pub const WRITE_ARGS: &str = "WRITE_ARGS";
+    /// Bytes each connection direction has carried so far, keyed by [`super::ConnDirKey`]:
+    /// every record says where its call starts in the stream, so a call lost whole is seen.
+    pub const CONN_OFFSETS: &str = "CONN_OFFSETS";
     /// Per-CPU scratch space where a TLS data record is built before output.
     pub const SCRATCH: &str = "SCRATCH";
 }
@@ -25,6 +30,7 @@ pub mod maps {
 pub mod programs {
     pub const SSL_WRITE: &str = "ssl_write";
     pub const SSL_WRITE_EX: &str = "ssl_write_ex";
+    pub const SSL_WRITE_RETURN: &str = "ssl_write_return";
     pub const SSL_READ_ENTER: &str = "ssl_read_enter";
     pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
     pub const SSL_READ_RETURN: &str = "ssl_read_return";
@@ -151,20 +157,23 @@ pub enum KernelCounter {
     RingbufBytesLost = 1,
     /// `bpf_probe_read_user` failures on a payload (the bytes are reported as a gap).
     UserReadFailed = 2,
-    /// `SSL_read*` entries whose arguments could not be stashed.
-    ReadArgsFull = 3,
-    /// `SSL_read*` returns whose `*readbytes` could not be read.
-    ReadBytesUnreadable = 4,
+    /// `SSL_read*`/`SSL_write*` entries whose arguments could not be stashed.
+    CallArgsFull = 3,
+    /// Returns whose `*readbytes`/`*written` could not be read (the call's bytes are lost).
+    LenUnreadable = 4,
+    /// Returns with no stashed entry (the agent attached mid-call, or the stash was evicted).
+    CallArgsMissing = 5,
 }
 
 impl KernelCounter {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::RingbufFull,
         Self::RingbufBytesLost,
         Self::UserReadFailed,
-        Self::ReadArgsFull,
-        Self::ReadBytesUnreadable,
+        Self::CallArgsFull,
+        Self::LenUnreadable,
+        Self::CallArgsMissing,
     ];
 }
 
@@ -177,7 +186,8 @@ pub struct EventHeader {
     pub tgid: u32,
     pub tid: u32,
     pub _reserved: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC): at entry for writes, at return for reads.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC): at entry for writes (when the process handed
+    /// the bytes over), at return for reads (when they arrived).
     pub ktime_ns: u64,
 }
 
@@ -199,6 +209,9 @@ pub struct TlsDataHeader {
     pub call_len: u64,
     /// Offset of this record's payload within the call.
     pub call_offset: u64,
+    /// Where the call starts in its connection direction's stream, as the kernel counted it
+    /// (every byte of every call, delivered or not). A jump means a whole call was lost.
+    pub stream_offset: u64,
     /// Payload bytes following this header; with [`TLS_DATA_FLAG_UNREADABLE`], the bytes that
     /// could not be read (and no payload follows).
     pub data_len: u32,
@@ -239,14 +252,27 @@ pub struct ProcessEvent {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Arguments of an in-flight `SSL_read*` call, stashed at entry and used at return.
+/// Arguments of an in-flight `SSL_read*` or `SSL_write*` call, stashed at entry and used at
+/// return (only then is it known how many bytes the call moved).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ReadArgs {
+pub struct CallArgs {
     pub conn: u64,
     pub buf_addr: u64,
-    /// `size_t *readbytes` of `SSL_read_ex`; 0 for `SSL_read`.
-    pub readbytes_addr: u64,
+    /// `size_t *readbytes` / `size_t *written` of the `_ex` forms; 0 for the plain ones.
+    pub len_addr: u64,
+    /// Entry time.
+    pub ktime_ns: u64,
+}
+
+/// Key of [`maps::CONN_OFFSETS`]: a connection direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnDirKey {
+    pub conn: u64,
+    pub tgid: u32,
+    /// A [`Direction`].
+    pub direction: u32,
 }
 
 #[cfg(feature = "user")]

@@ -7,11 +7,11 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated};
 use tokentap_common::{
-    Direction, EventHeader, EventKind, KernelCounter, MAX_CAPTURE_PER_CALL, MAX_CHUNK,
+    ConnDirKey, Direction, EventHeader, EventKind, KernelCounter, MAX_CAPTURE_PER_CALL, MAX_CHUNK,
     MAX_CHUNKS_PER_CALL, TLS_DATA_FLAG_UNREADABLE, TlsDataHeader, TlsDataRecord, TlsFunction,
 };
 
-use crate::maps::{EVENTS, SCRATCH, batched_output_flags, count};
+use crate::maps::{CONN_OFFSETS, EVENTS, SCRATCH, batched_output_flags, count};
 
 /// Bytes copied from the start of every call. Set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -42,6 +42,15 @@ pub(crate) fn emit_tls_call(call: &TlsCall) {
     // Per-CPU scratch: nothing else uses it while this program runs on this CPU.
     let record = unsafe { &mut *record };
     let pid_tgid = bpf_get_current_pid_tgid();
+    // Where this call starts in the stream, counted even when records are lost, so that user
+    // space sees a call that was lost whole as a jump.
+    let key = ConnDirKey {
+        conn: call.conn,
+        tgid: (pid_tgid >> 32) as u32,
+        direction: call.direction as u32,
+    };
+    let stream_offset = unsafe { CONN_OFFSETS.get(&key) }.copied().unwrap_or(0);
+    let _ = CONN_OFFSETS.insert(&key, &(stream_offset + call.call_len), 0);
     record.head = TlsDataHeader {
         header: EventHeader {
             kind: EventKind::TlsData as u32,
@@ -54,6 +63,7 @@ pub(crate) fn emit_tls_call(call: &TlsCall) {
         buf_addr: call.buf_addr,
         call_len: call.call_len,
         call_offset: 0,
+        stream_offset,
         data_len: 0,
         direction: call.direction as u8,
         function: call.function as u8,

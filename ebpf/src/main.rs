@@ -1,13 +1,15 @@
 //! tokentap's kernel programs.
 //!
-//! Uprobes on OpenSSL's `SSL_write*`/`SSL_read*` copy the plaintext of every call (a bounded
-//! head and tail of long calls) into the `EVENTS` ring buffer; `SSL_free` ends a connection;
-//! process exec/exit tracepoints and an fentry on `security_mmap_file` tell the agent when to
-//! look for newly loaded TLS libraries. Everything that cannot be delivered is counted in
-//! `COUNTERS`. The event layouts live in `tokentap-common`.
+//! Uprobes and uretprobes on OpenSSL's `SSL_write*`/`SSL_read*` copy the plaintext of every
+//! completed call (a bounded head and tail of long calls) into the `EVENTS` ring buffer;
+//! `SSL_free` ends a connection; BTF exec/exit tracepoints and a uprobe on the dynamic
+//! loader's `_dl_debug_state` tell the agent when to look for newly loaded TLS libraries.
+//! Everything that cannot be delivered is counted in `COUNTERS`. The event layouts live in
+//! `tokentap-common`.
 #![no_std]
 #![no_main]
 
+mod calls;
 mod capture;
 mod maps;
 mod probes;

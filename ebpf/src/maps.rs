@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tokentap_common::{KernelCounter, ReadArgs, TlsDataRecord};
+use tokentap_common::{CallArgs, ConnDirKey, KernelCounter, TlsDataRecord};
 
 /// Default ring-buffer size; the agent overrides it at load time (`--ring-buffer-bytes`).
 const DEFAULT_EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -16,10 +16,20 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENTS_BYTES
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(KernelCounter::COUNT, 0);
 
-/// Keyed by `pid_tgid`: a thread is inside at most one `SSL_read*` at a time. LRU so that a
-/// thread that dies inside a read cannot leak an entry forever.
+/// Keyed by `pid_tgid`: a thread is inside at most one `SSL_read*` (and one `SSL_write*`) at a
+/// time. LRU so that a thread that dies inside a call cannot leak an entry forever; an entry
+/// is only evicted after 65536 newer calls, and a return that finds none is counted.
 #[map]
-pub(crate) static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static READ_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static WRITE_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(65536, 0);
+
+/// Bytes each connection direction has carried, so that every record can say where its call
+/// starts in the stream. Deleted at `SSL_free`; LRU bounds what leaked connections cost.
+#[map]
+pub(crate) static CONN_OFFSETS: LruHashMap<ConnDirKey, u64> =
+    LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<TlsDataRecord> = PerCpuArray::with_max_entries(1, 0);

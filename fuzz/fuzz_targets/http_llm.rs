@@ -46,12 +46,16 @@ fuzz_target!(|input: &[u8]| {
     let mut req = request.chunks(size);
     let mut resp = response.chunks(size);
     let mut ktime = 1_000;
+    let mut offsets = [0u64; 2];
     loop {
         let mut progressed = false;
         for (chunks, dir) in [(&mut req, request_dir), (&mut resp, response_dir)] {
             if let Some(chunk) = chunks.next() {
                 ktime += 1_000;
-                for record in encode::tls_call(42, ktime, 7, 0x1000 + ktime, dir, chunk, 1 << 16, 1 << 16, 16_384) {
+                let offset = &mut offsets[dir as usize];
+                let stream_offset = *offset;
+                *offset += chunk.len() as u64;
+                for record in encode::tls_call(42, ktime, 7, 0x1000 + ktime, dir, stream_offset, chunk, 1 << 16, 1 << 16, 16_384) {
                     pipeline.handle_record(&record);
                 }
                 progressed = true;

@@ -94,6 +94,7 @@ fn record(conn: u64, direction: Direction, ktime: u64, data: &[u8]) -> TlsData<'
         buf_addr: 0,
         call_len: data.len() as u64,
         call_offset: 0,
+        stream_offset: 0,
         direction,
         function: match direction {
             Direction::Write => TlsFunction::SslWriteEx,

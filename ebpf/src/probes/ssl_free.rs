@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use tokentap_common::{EventHeader, EventKind, KernelCounter, TlsFreeEvent};
+use tokentap_common::{ConnDirKey, Direction, EventHeader, EventKind, KernelCounter, TlsFreeEvent};
 
-use crate::maps::{EVENTS, batched_output_flags, count};
+use crate::maps::{CONN_OFFSETS, EVENTS, batched_output_flags, count};
 
 #[uprobe]
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
@@ -21,6 +21,14 @@ fn try_ssl_free(ctx: &ProbeContext) -> Result<(), ()> {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    for direction in [Direction::Write, Direction::Read] {
+        let _ = CONN_OFFSETS.remove(&ConnDirKey {
+            conn,
+            tgid,
+            direction: direction as u32,
+        });
+    }
     let event = TlsFreeEvent {
         header: EventHeader {
             kind: EventKind::TlsFree as u32,

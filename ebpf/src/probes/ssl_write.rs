@@ -1,50 +1,35 @@
 //! `SSL_write(ssl, buf, int num)` and `SSL_write_ex(ssl, buf, size_t num, size_t *written)`.
 //!
-//! Captured at entry only: a uretprobe per write would cost a second trap on every call. The
-//! price is that a write retried after `SSL_ERROR_WANT_WRITE` (non-blocking sockets) is seen
-//! again with the same buffer and length; user space recognises and drops such repeats.
+//! Captured at return, with the entry time: only the return says how many bytes were written.
+//! A write that fails with `WANT_WRITE` on a non-blocking socket is retried by the caller with
+//! the same buffer; capturing at entry would see it twice.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
-use tokentap_common::{Direction, TlsFunction};
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tokentap_common::Direction;
 
-use crate::capture::{TlsCall, emit_tls_call};
+use crate::{
+    calls::{finish, stash},
+    maps::WRITE_ARGS,
+};
 
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    let _ = try_ssl_write(&ctx, TlsFunction::SslWrite);
+    let _ = stash(&ctx, &WRITE_ARGS, false);
     0
 }
 
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    let _ = try_ssl_write(&ctx, TlsFunction::SslWriteEx);
+    let _ = stash(&ctx, &WRITE_ARGS, true);
     0
 }
 
-fn try_ssl_write(ctx: &ProbeContext, function: TlsFunction) -> Result<(), ()> {
-    let ktime_ns = unsafe { bpf_ktime_get_ns() };
-    let conn: u64 = ctx.arg(0).ok_or(())?;
-    let buf_addr: u64 = ctx.arg(1).ok_or(())?;
-    let call_len = match function {
-        TlsFunction::SslWrite => {
-            let num: i32 = ctx.arg(2).ok_or(())?;
-            if num <= 0 {
-                return Ok(());
-            }
-            num as u64
-        }
-        _ => ctx.arg::<u64>(2).ok_or(())?,
-    };
-    if call_len == 0 || conn == 0 || buf_addr == 0 {
-        return Ok(());
-    }
-    emit_tls_call(&TlsCall {
-        conn,
-        buf_addr,
-        call_len,
-        direction: Direction::Write,
-        function,
-        ktime_ns,
-    });
-    Ok(())
+/// Attached to the return of both `SSL_write` and `SSL_write_ex`.
+#[uretprobe]
+pub fn ssl_write_return(ctx: RetProbeContext) -> u32 {
+    let _ = finish(&ctx, &WRITE_ARGS, Direction::Write);
+    0
 }
