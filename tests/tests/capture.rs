@@ -303,8 +303,9 @@ fn agent_serves_health_readiness_and_its_own_metrics() {
     for reason in [
         "ringbuf_full",
         "user_memory_unreadable",
-        "read_args_full",
-        "readbytes_unreadable",
+        "call_args_full",
+        "length_unreadable",
+        "call_args_missing",
     ] {
         let series = format!("tokentap_events_lost_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&text, &series), Some(0.0), "{series}");
