@@ -155,7 +155,12 @@ impl<S: StreamSink> Pipeline<S> {
                 );
                 None
             }
-            RawEvent::ProcessExec { common, .. } => Some(ProcessNotice::Exec { tgid: common.tgid }),
+            RawEvent::ProcessExec { common, .. } => {
+                // exec replaced the address space: every SSL* of the old image is gone.
+                assembler.process_exited(common.tgid, &mut emit);
+                sink.process_exited(common.tgid);
+                Some(ProcessNotice::Exec { tgid: common.tgid })
+            }
             RawEvent::ProcessExit { common, .. } => {
                 assembler.process_exited(common.tgid, &mut emit);
                 sink.process_exited(common.tgid);
@@ -181,6 +186,7 @@ impl<S: StreamSink> Pipeline<S> {
             account(stats, &item);
             sink.item(&item, clock);
         });
+        sink.evict_idle(now_ktime_ns, idle_ns);
     }
 }
 

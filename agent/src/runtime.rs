@@ -200,8 +200,9 @@ impl<S: StreamSink> Runtime<S> {
                         notices.push(n);
                     }
                 };
+                // Unbiased: under sustained load the ring is always ready, and the tick (metrics,
+                // rescans, eviction) must still get its turns.
                 tokio::select! {
-                    biased;
                     () = &mut shutdown => Wake::Shutdown,
                     batch = self.source.next_batch(&mut each) => Wake::Batch(batch),
                     _ = tick.tick() => Wake::Tick,

@@ -8,6 +8,9 @@ use std::io;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
+/// Most records handed over per [`RingBufSource::next_batch`].
+pub const MAX_BATCH: usize = 4096;
+
 pub struct RingBufSource {
     ring: AsyncFd<RingBuf<MapData>>,
 }
@@ -20,17 +23,23 @@ impl RingBufSource {
         Ok(Self { ring })
     }
 
-    /// Waits until records are available, then hands every available record to `each`.
-    /// Returns how many were handed over.
+    /// Waits until records are available, then hands up to [`MAX_BATCH`] of them to `each`.
+    /// Returns how many were handed over. The cap keeps a ring that never empties (under
+    /// sustained load) from starving the caller's timers.
     pub async fn next_batch(&mut self, each: &mut dyn FnMut(&[u8])) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < MAX_BATCH {
+            let Some(item) = ring.next() else {
+                // Drained: wait for the next wakeup. (Stopping at the cap keeps the readiness,
+                // so the next call returns at once.)
+                guard.clear_ready();
+                break;
+            };
             each(&item);
             n += 1;
         }
-        guard.clear_ready();
         Ok(n)
     }
 

@@ -63,8 +63,19 @@ pub const LABELS: [&str; 8] = [
     "error_type",
     "process_executable_name",
 ];
-/// Positions in [`LABELS`] whose values come from traffic (models, hosts, error codes).
-const UNTRUSTED: [usize; 5] = [0, 2, 3, 4, 6];
+/// Positions in [`LABELS`] whose values come from traffic (provider, models, host, port, error
+/// codes) or from whatever a local user runs (the executable).
+const UNTRUSTED: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+
+/// The status label: a real HTTP status, or `_OTHER`, so a hostile server cannot mint
+/// unbounded values.
+fn status_label(status: Option<u16>) -> String {
+    match status {
+        Some(s @ 100..=599) => s.to_string(),
+        Some(_) => super::cardinality::OTHER.to_owned(),
+        None => String::new(),
+    }
+}
 /// Default cap on distinct label sets.
 pub const DEFAULT_MAX_LABEL_SETS: usize = 2000;
 
@@ -240,7 +251,7 @@ impl GenAiMetrics {
     pub fn record(&mut self, r: &ExchangeRecord) {
         let values = self.labels(r);
         let base: Vec<&str> = values.iter().map(String::as_str).collect();
-        let status = r.http_status.map(|s| s.to_string()).unwrap_or_default();
+        let status = status_label(r.http_status);
         let mut with_extra = base.clone();
         with_extra.push("");
         let last = with_extra.len() - 1;
