@@ -4,6 +4,7 @@
 use crate::stream::ConnKey;
 
 /// Header names whose values are credentials; they are dropped when a head is parsed.
+/// [`is_credential_header`] also catches the many vendor-specific ones by shape.
 pub const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -13,6 +14,35 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
 ];
+
+/// Whether a header (lowercase name) carries a credential: the list above, and any name that
+/// looks like one (`ocp-apim-subscription-key`, `x-amz-security-token`, `helicone-auth`,
+/// `x-litellm-api-key`, `x-functions-key`, `*-secret`, `*-password`, `*-signature`, ...). Counts
+/// such as `x-amzn-bedrock-input-token-count` or rate-limit headers are not credentials.
+pub fn is_credential_header(name: &str) -> bool {
+    if CREDENTIAL_HEADERS.contains(&name) {
+        return true;
+    }
+    let counts = name.ends_with("-count")
+        || name.contains("ratelimit")
+        || name.contains("rate-limit")
+        || name.contains("-tokens");
+    if counts {
+        return false;
+    }
+    name.ends_with("-key")
+        || name.ends_with("-token")
+        || name.ends_with("_key")
+        || name.ends_with("_token")
+        || name.contains("apikey")
+        || name.contains("api-key")
+        || name.contains("auth")
+        || name.contains("secret")
+        || name.contains("password")
+        || name.contains("signature")
+        || name.contains("cookie")
+        || name.contains("session")
+}
 
 /// Query parameters whose values are credentials (`?key=` for Gemini, SAS tokens, ...).
 pub const CREDENTIAL_QUERY_PARAMS: &[&str] = &[
@@ -39,7 +69,7 @@ impl Headers {
         let mut out = Vec::new();
         for (name, value) in pairs {
             let name = name.to_ascii_lowercase();
-            if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            if is_credential_header(&name) {
                 continue;
             }
             out.push((name, String::from_utf8_lossy(value).into_owned()));
@@ -188,4 +218,39 @@ pub enum HttpEvent<'a> {
         exchange: u64,
         ktime_ns: u64,
     },
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::is_credential_header;
+
+    #[test]
+    fn credential_headers_by_name_and_shape() {
+        for h in [
+            "authorization",
+            "x-api-key",
+            "api-key",
+            "x-goog-api-key",
+            "ocp-apim-subscription-key",
+            "x-amz-security-token",
+            "helicone-auth",
+            "x-litellm-api-key",
+            "x-functions-key",
+            "x-client-secret",
+            "cookie",
+        ] {
+            assert!(is_credential_header(h), "{h}");
+        }
+        for h in [
+            "content-type",
+            "x-amzn-bedrock-input-token-count",
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-input-tokens-remaining",
+            "x-request-id",
+            "host",
+            "openai-processing-ms",
+        ] {
+            assert!(!is_credential_header(h), "{h}");
+        }
+    }
 }
