@@ -77,6 +77,35 @@ pub struct CaptureOptions {
     /// Settings file (TOML) with the same keys as these flags; flags win.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Prices (TOML, the schema of the embedded table) that override or extend the embedded
+    /// ones: negotiated discounts, self-hosted models. Reloaded when the file changes.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pricing: Option<PathBuf>,
+    /// Write one JSON line per LLM call (the full exchange record) to this file, rotated by
+    /// size, or to stdout with `-`.
+    #[arg(long, global = true, value_name = "PATH|-")]
+    pub log_exchanges: Option<PathBuf>,
+    /// Rotate the exchange log when it would grow past this size.
+    #[arg(long, global = true, default_value_t = crate::exchange_log::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    pub log_max_bytes: u64,
+    /// Rotated exchange logs kept (PATH.1 … PATH.N).
+    #[arg(long, global = true, default_value_t = crate::exchange_log::DEFAULT_FILES, value_name = "N")]
+    pub log_files: usize,
+    /// Keep prompt and completion text in exchange records (logs, watch --json), cut to
+    /// --content-max-bytes with API keys and tokens redacted. Off: metadata only.
+    #[arg(long, global = true)]
+    pub capture_content: bool,
+    /// Bytes of prompt and of completion text kept with --capture-content.
+    #[arg(long, global = true, default_value_t = crate::llm::content::DEFAULT_CONTENT_MAX_BYTES, value_name = "BYTES")]
+    pub content_max_bytes: usize,
+    /// Executables whose content is captured without --capture-content (config file
+    /// `[capture_content] services = [...]`).
+    #[arg(skip)]
+    pub capture_content_services: Vec<String>,
+    /// Export one span per LLM call over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// `http://127.0.0.1:4318` (the `/v1/traces` path is added when absent; http only).
+    #[arg(long, global = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl CaptureOptions {
@@ -85,6 +114,15 @@ impl CaptureOptions {
             head_bytes: self.head_bytes,
             tail_bytes: self.tail_bytes,
             ring_buffer_bytes: self.ring_buffer_bytes,
+        }
+    }
+
+    /// Whose prompt and completion text is captured.
+    pub fn content_policy(&self) -> crate::llm::ContentPolicy {
+        crate::llm::ContentPolicy {
+            all: self.capture_content,
+            executables: self.capture_content_services.clone(),
+            max_bytes: self.content_max_bytes,
         }
     }
 

@@ -10,6 +10,17 @@
 //! rescan_interval = 30
 //! idle_timeout = 900
 //! max_label_sets = 2000
+//! pricing = "/etc/tokentap/prices.toml"   # like --pricing FILE
+//! otlp_endpoint = "http://127.0.0.1:4318"
+//!
+//! log_exchanges = "/var/log/tokentap/exchanges.jsonl"   # or "-" for stdout
+//! log_max_bytes = 67108864
+//! log_files = 5
+//! capture_content = false
+//! content_max_bytes = 16384
+//!
+//! [capture_content]      # content of these executables only (without capture_content)
+//! services = ["python3.11"]
 //!
 //! [providers]            # like --provider HOST[:PORT]=NAME
 //! "llm-gateway.internal:8443" = "litellm"
@@ -35,8 +46,34 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     pub proc_root: Option<PathBuf>,
     pub max_label_sets: Option<usize>,
+    pub pricing: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
+    pub log_exchanges: Option<PathBuf>,
+    pub log_max_bytes: Option<u64>,
+    pub log_files: Option<usize>,
+    /// `capture_content = true`, or a `[capture_content]` table.
+    pub capture_content: Option<CaptureContent>,
+    pub content_max_bytes: Option<usize>,
     #[serde(default)]
     pub providers: BTreeMap<String, String>,
+}
+
+/// `capture_content`: on for every process, or per service.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CaptureContent {
+    All(bool),
+    Only(CaptureContentScope),
+}
+
+/// `[capture_content]`: whose content is captured. Kubernetes namespaces will join
+/// `services` here once the process context carries them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureContentScope {
+    /// Executable names.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 impl FileConfig {
@@ -93,6 +130,31 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
     take!(idle_timeout, "idle_timeout");
     take!(proc_root, "proc_root");
     take!(max_label_sets, "max_label_sets");
+    if let Some(path) = file.pricing
+        && defaulted(matches, "pricing")
+    {
+        c.pricing = Some(path);
+    }
+    take!(log_max_bytes, "log_max_bytes");
+    take!(log_files, "log_files");
+    take!(content_max_bytes, "content_max_bytes");
+    if let Some(path) = file.log_exchanges
+        && defaulted(matches, "log_exchanges")
+    {
+        c.log_exchanges = Some(path);
+    }
+    match file.capture_content {
+        Some(CaptureContent::All(on)) if defaulted(matches, "capture_content") => {
+            c.capture_content = on;
+        }
+        Some(CaptureContent::Only(scope)) => c.capture_content_services = scope.services,
+        _ => {}
+    }
+    if let Some(url) = file.otlp_endpoint
+        && defaulted(matches, "otlp_endpoint")
+    {
+        c.otlp_endpoint = Some(url);
+    }
     if let Some(libs) = file.libssl {
         // Libraries add up: the file's and the command line's.
         c.libssl.extend(libs);
@@ -147,6 +209,41 @@ mod tests {
             cli.capture.head_bytes, 100,
             "a global flag after the subcommand wins too"
         );
+    }
+
+    #[test]
+    fn logs_and_content_from_the_file() {
+        let file = "log_exchanges = \"/tmp/x.jsonl\"\nlog_files = 2\n[capture_content]\nservices = [\"python3.11\"]\n";
+        let cli = parse(&["tokentap", "--log-max-bytes", "1000"], file);
+        assert_eq!(
+            cli.capture.log_exchanges,
+            Some(PathBuf::from("/tmp/x.jsonl"))
+        );
+        assert_eq!(
+            (cli.capture.log_max_bytes, cli.capture.log_files),
+            (1000, 2)
+        );
+        let policy = cli.capture.content_policy();
+        assert!(!policy.all);
+        assert_eq!(policy.executables, ["python3.11"]);
+        let cli = parse(
+            &["tokentap"],
+            "capture_content = true\ncontent_max_bytes = 100\n",
+        );
+        assert!(cli.capture.capture_content);
+        assert_eq!(cli.capture.content_max_bytes, 100);
+        assert!(FileConfig::parse("[capture_content]\nnamespaces = [\"a\"]\n").is_err());
+    }
+
+    #[test]
+    fn pricing_from_the_file_and_the_flag_wins() {
+        let cli = parse(&["tokentap", "watch"], "pricing = \"/etc/p.toml\"\n");
+        assert_eq!(cli.capture.pricing, Some(PathBuf::from("/etc/p.toml")));
+        let cli = parse(
+            &["tokentap", "--pricing", "/p.toml"],
+            "pricing = \"/etc/p.toml\"\n",
+        );
+        assert_eq!(cli.capture.pricing, Some(PathBuf::from("/p.toml")));
     }
 
     #[test]

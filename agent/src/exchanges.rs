@@ -9,7 +9,9 @@ use std::{collections::HashMap, fs, path::PathBuf};
 use crate::{
     clock::KtimeClock,
     http::{HttpConfig, HttpEvent, HttpStats, HttpTracker},
-    llm::{ExchangeRecord, ExchangeTracker, LlmStats, ProcessContext, ProviderConfig},
+    llm::{
+        ContentPolicy, ExchangeRecord, ExchangeTracker, LlmStats, ProcessContext, ProviderConfig,
+    },
     metrics::genai::GenAiMetrics,
     pipeline::StreamSink,
     stream::StreamItem,
@@ -123,6 +125,12 @@ impl ExchangeSink {
     /// Adds a stage that enriches every record before the sinks see it (in order added).
     pub fn with_enricher(mut self, enricher: Box<dyn RecordEnricher + Send>) -> Self {
         self.enrichers.push(enricher);
+        self
+    }
+
+    /// Whose prompt and completion text the LLM stage puts into records.
+    pub fn with_content_policy(mut self, policy: ContentPolicy) -> Self {
+        self.llm.set_content_policy(policy);
         self
     }
 

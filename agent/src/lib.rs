@@ -4,15 +4,19 @@
 //! streams ([`stream`]) → sinks (the capture view, metrics). The core stages are pure and
 //! tested without a kernel; [`probes`], [`source`] and [`server`] are the thin edges.
 
+pub mod anomalies;
 pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cost;
 pub mod discovery;
+pub mod exchange_log;
 pub mod exchanges;
 pub mod http;
 pub mod llm;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod probes;
 pub mod redact;
@@ -21,5 +25,6 @@ pub mod self_metrics;
 pub mod server;
 pub mod source;
 pub mod stage_metrics;
+pub mod stats;
 pub mod stream;
 pub mod watch;

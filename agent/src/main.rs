@@ -13,18 +13,23 @@ use std::{
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use tokentap::{
+    anomalies::{AnomalyDetector, AnomalyMetrics},
     capture::CaptureSink,
     cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, WatchOptions},
     config::{FileConfig, apply},
-    exchanges::{ExchangeSink, RecordSink},
+    cost::{CostMetrics, Pricer},
+    exchange_log::ExchangeLog,
+    exchanges::{ExchangeSink, RecordEnricher, RecordSink},
     http::HttpConfig,
     llm::{ExchangeRecord, ProviderConfig},
     metrics::genai::GenAiMetrics,
+    otlp,
     probes::error_chain,
     runtime::{Runtime, shutdown_signal},
     self_metrics::SelfMetrics,
     server::{ServerState, bind},
     stage_metrics::StageMetrics,
+    stats::{Stats, StatsSink},
     watch::WatchSink,
 };
 
@@ -89,27 +94,80 @@ fn exchange_sink(
         providers,
         capture.proc_root.clone(),
         sinks,
-    ))
+    )
+    .with_content_policy(capture.content_policy())
+    .with_enricher(Box::new(AnomalyDetector::new())))
 }
+
+/// The anomaly counter, and the exchange log when `--log-exchanges` is given.
+fn log_and_anomaly_sinks(
+    capture: &CaptureOptions,
+    registry: &prometheus::Registry,
+    sinks: &mut Vec<Box<dyn RecordSink + Send>>,
+) -> anyhow::Result<()> {
+    sinks.push(Box::new(AnomalyMetrics::new(
+        registry,
+        capture.max_label_sets,
+    )));
+    if let Some(path) = &capture.log_exchanges {
+        let mut log = ExchangeLog::new(path, capture.log_max_bytes, capture.log_files)
+            .with_error_metric(registry);
+        log.open()
+            .with_context(|| format!("--log-exchanges {}", path.display()))?;
+        sinks.push(Box::new(log));
+    }
+    Ok(())
+}
+
+/// The span exporter, when `--otlp-endpoint` is given: its sink joins `sinks`.
+fn otlp_exporter(
+    capture: &CaptureOptions,
+    registry: &prometheus::Registry,
+    sinks: &mut Vec<Box<dyn RecordSink + Send>>,
+) -> anyhow::Result<Option<otlp::OtlpExporter>> {
+    let Some(url) = &capture.otlp_endpoint else {
+        return Ok(None);
+    };
+    let endpoint =
+        otlp::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("--otlp-endpoint {url}: {e}"))?;
+    log::info!(
+        "exporting one span per LLM call to the OTLP collector at {}{}",
+        endpoint.authority(),
+        endpoint.path
+    );
+    let (sink, exporter) = otlp::start(endpoint, otlp::ExporterConfig::default(), registry);
+    sinks.push(Box::new(sink));
+    Ok(Some(exporter))
+}
+
+/// How long queued spans may take to leave at shutdown.
+const OTLP_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Mutex::new(SelfMetrics::new(registry.clone())));
     let mut stage_metrics = StageMetrics::new(&registry);
     let genai = GenAiMetrics::new(&registry, capture.max_label_sets);
-    let sink = exchange_sink(&capture, vec![Box::new(genai)])?;
+    let cost = CostMetrics::new(&registry, capture.max_label_sets);
+    let mut sinks: Vec<Box<dyn RecordSink + Send>> = vec![Box::new(genai), Box::new(cost)];
+    let otlp = otlp_exporter(&capture, &registry, &mut sinks)?;
+    let stats = Stats::shared();
+    sinks.push(Box::new(StatsSink::new(stats.clone())));
+    log_and_anomaly_sinks(&capture, &registry, &mut sinks)?;
+    let sink = exchange_sink(&capture, sinks)?.with_enricher(pricer(&capture, &registry)?);
     let ready = Arc::new(AtomicBool::new(false));
     let state = ServerState {
         registry,
         ready: ready.clone(),
         before_scrape: Arc::new(|| {}),
+        stats: Some(stats),
     };
     // Listen first: liveness answers while the probes load.
     let (addr, serve) = bind(opts.listen, state)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
     let server = tokio::spawn(serve);
-    log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
+    log::info!("serving /metrics, /healthz, /readyz and /v1/stats on http://{addr}");
     let mut runtime = Runtime::start(capture, sink, metrics)?;
     ready.store(true, Ordering::Release);
     log::info!(
@@ -121,8 +179,26 @@ async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Resul
             stage_metrics.sync(pipeline.sink_mut())
         })
         .await?;
+    if let Some(otlp) = otlp {
+        otlp.shutdown(OTLP_FLUSH_DEADLINE).await;
+    }
     server.abort();
     Ok(())
+}
+
+/// The cost stage: the embedded prices, overridden by `--pricing` (reloaded when it changes).
+fn pricer(
+    capture: &CaptureOptions,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Box<dyn RecordEnricher + Send>> {
+    let pricer = Pricer::new(capture.pricing.as_deref(), registry).map_err(|e| {
+        let path = capture
+            .pricing
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        anyhow::anyhow!("--pricing {}: {e}", path.display())
+    })?;
+    Ok(Box::new(pricer))
 }
 
 /// Passes records of some processes on to another sink.
@@ -142,19 +218,24 @@ impl<S: RecordSink> RecordSink for PidFilter<S> {
 async fn run_watch(capture: CaptureOptions, opts: WatchOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Mutex::new(SelfMetrics::new(prometheus::Registry::new())));
     let watch = WatchSink::new(std::io::stdout(), opts.json);
-    let sink = exchange_sink(
-        &capture,
-        vec![Box::new(PidFilter {
-            pids: opts.pids,
-            inner: watch,
-        })],
-    )?;
+    let mut sinks: Vec<Box<dyn RecordSink + Send>> = vec![Box::new(PidFilter {
+        pids: opts.pids,
+        inner: watch,
+    })];
+    // No /metrics in watch: the exporter's counters go to a registry nobody reads.
+    let otlp = otlp_exporter(&capture, &prometheus::Registry::new(), &mut sinks)?;
+    log_and_anomaly_sinks(&capture, &prometheus::Registry::new(), &mut sinks)?;
+    let sink = exchange_sink(&capture, sinks)?
+        .with_enricher(pricer(&capture, &prometheus::Registry::new())?);
     let mut runtime = Runtime::start(capture, sink, metrics)?;
     log::info!(
         "ready: {} TLS libraries hooked; one line per LLM call follows",
         runtime.attached_tls_libraries().len()
     );
     runtime.run(shutdown_signal(), |_| {}).await?;
+    if let Some(otlp) = otlp {
+        otlp.shutdown(OTLP_FLUSH_DEADLINE).await;
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! so stream offsets stay exact. State carries across pieces, so a header split between two
 //! TLS records is still masked.
 
-use crate::http::{CREDENTIAL_HEADERS, CREDENTIAL_QUERY_PARAMS};
+use crate::http::CREDENTIAL_QUERY_PARAMS;
 
 /// Longest header name or parameter name remembered while matching.
 const MAX_NAME: usize = 32;
@@ -36,8 +36,7 @@ enum Mask {
 }
 
 fn is_credential_header(name: &[u8]) -> bool {
-    let name = name.trim_ascii();
-    CREDENTIAL_HEADERS.iter().any(|h| h.as_bytes() == name)
+    std::str::from_utf8(name.trim_ascii()).is_ok_and(crate::http::is_credential_header)
 }
 
 fn is_credential_param(name: &[u8]) -> bool {
@@ -124,6 +123,168 @@ impl Redactor {
     }
 }
 
+/// What a secret becomes.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A secret format: a literal prefix, the bytes its body may hold, and the body's least length.
+struct SecretPattern {
+    prefix: &'static str,
+    body: fn(u8) -> bool,
+    min_body: usize,
+    /// Keep the prefix (`Bearer `) and replace only the body.
+    keep_prefix: bool,
+}
+
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+fn upper_alnum(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+
+fn slack_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+fn jwt_byte(b: u8) -> bool {
+    token_byte(b) || b == b'.'
+}
+
+fn bearer_byte(b: u8) -> bool {
+    token_byte(b) || matches!(b, b'.' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Known key and token formats. `sk-` covers OpenAI (`sk-`, `sk-proj-`), Anthropic
+/// (`sk-ant-`) and the many providers that copied the form (DeepSeek, OpenRouter `sk-or-`).
+const SECRET_PATTERNS: &[SecretPattern] = &[
+    SecretPattern {
+        prefix: "sk-",
+        body: token_byte,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "AIza",
+        body: token_byte,
+        min_body: 30,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "AKIA",
+        body: upper_alnum,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ASIA",
+        body: upper_alnum,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ghp_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "gho_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ghs_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "github_pat_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "xoxb-",
+        body: slack_byte,
+        min_body: 10,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "xoxp-",
+        body: slack_byte,
+        min_body: 10,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "gsk_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "xai-",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "eyJ",
+        body: jwt_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "Bearer ",
+        body: bearer_byte,
+        min_body: 8,
+        keep_prefix: true,
+    },
+    SecretPattern {
+        prefix: "bearer ",
+        body: bearer_byte,
+        min_body: 8,
+        keep_prefix: true,
+    },
+];
+
+/// `text` with API keys and tokens replaced by `[REDACTED]`. A secret must start at a word
+/// boundary (so `task-…` is not `sk-…`) and have its format's least length.
+pub fn redact_secrets(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let found = boundary
+            .then(|| {
+                SECRET_PATTERNS.iter().find_map(|p| {
+                    let rest = bytes[i..].strip_prefix(p.prefix.as_bytes())?;
+                    let n = rest.iter().take_while(|b| (p.body)(**b)).count();
+                    (n >= p.min_body).then_some((p, p.prefix.len() + n))
+                })
+            })
+            .flatten();
+        match found {
+            Some((p, len)) => {
+                out.push_str(&text[copied..i]);
+                if p.keep_prefix {
+                    out.push_str(p.prefix);
+                }
+                out.push_str(REDACTED);
+                i += len;
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +323,42 @@ mod tests {
             r.redact(&mut b);
             a.extend_from_slice(&b);
             assert_eq!(a, whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_text_are_redacted() {
+        let cases = [
+            (
+                "key sk-tokentap-test-not-a-real-key here",
+                "key [REDACTED] here",
+            ),
+            ("sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv_wx", "[REDACTED]"),
+            ("\"sk-proj-abcdefghijklmnop1234\"", "\"[REDACTED]\""),
+            ("g=AIzaSyA1234567890abcdefghijklmnopqrstu", "g=[REDACTED]"),
+            ("aws AKIAIOSFODNN7EXAMPLE.", "aws [REDACTED]."),
+            ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "[REDACTED]"),
+            ("slack xoxb-1234567890-abcdefghij", "slack [REDACTED]"),
+            ("xoxp-1234-5678-abcdefgh", "[REDACTED]"),
+            (
+                "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok",
+                "jwt [REDACTED] ok",
+            ),
+            (
+                "Authorization: Bearer abc.def-ghi_jkl",
+                "Authorization: Bearer [REDACTED]",
+            ),
+            // Not secrets: too short, or not at a word boundary, or plain words.
+            (
+                "task-force-management-group-one",
+                "task-force-management-group-one",
+            ),
+            ("sk-learn is a library", "sk-learn is a library"),
+            ("Bearer token", "Bearer token"),
+            ("naïve café — AKIA", "naïve café — AKIA"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_secrets(input), want, "{input}");
         }
     }
 }

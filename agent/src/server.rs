@@ -1,4 +1,4 @@
-//! The HTTP edge: `/healthz`, `/readyz` and `/metrics` on hyper.
+//! The HTTP edge: `/healthz`, `/readyz`, `/metrics` and `/v1/stats` on hyper.
 
 use std::{
     net::SocketAddr,
@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
+use crate::stats::{SharedStats, unix_now, window_of_query};
+
 /// What the endpoints serve.
 #[derive(Clone)]
 pub struct ServerState {
@@ -23,6 +25,8 @@ pub struct ServerState {
     pub ready: Arc<AtomicBool>,
     /// Called before `/metrics` is rendered, to bring figures up to date.
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
+    /// The live feed behind `/v1/stats` (filled by the pipeline's task).
+    pub stats: Option<SharedStats>,
 }
 
 /// Binds `addr`; the returned future serves until the runtime stops.
@@ -108,10 +112,39 @@ fn respond(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>
                 ),
             }
         }
+        "/v1/stats" => stats(state, req.uri().query()),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n",
+            "not found: try /metrics, /healthz, /readyz or /v1/stats\n",
+        ),
+    }
+}
+
+/// `GET /v1/stats?window=5m`: per provider and model over the window, as JSON.
+fn stats(state: &ServerState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let window = match window_of_query(query) {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    let Some(shared) = &state.stats else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no stats in this mode\n",
+        );
+    };
+    // A poisoned lock still holds consistent samples (each add is one push).
+    let snapshot = match shared.lock() {
+        Ok(s) => s.snapshot(unix_now(), window),
+        Err(p) => p.into_inner().snapshot(unix_now(), window),
+    };
+    match serde_json::to_vec(&snapshot) {
+        Ok(body) => text(StatusCode::OK, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
         ),
     }
 }

@@ -30,6 +30,17 @@ fn tokens(n: Option<u64>, estimated: bool) -> String {
     }
 }
 
+/// `$0.00123`; `$?` when the call had tokens but its model has no price; `$-` when there was
+/// nothing to price.
+fn cost(r: &ExchangeRecord) -> String {
+    match &r.cost {
+        Some(c) if c.estimated => format!("~${:.5}", c.total_usd),
+        Some(c) => format!("${:.5}", c.total_usd),
+        None if r.tokens.input.is_some() || r.tokens.output.is_some() => "$?".into(),
+        None => "$-".into(),
+    }
+}
+
 fn seconds(s: Option<f64>) -> String {
     s.map(|s| format!("{s:.3}s")).unwrap_or_else(|| "-".into())
 }
@@ -51,7 +62,7 @@ pub fn watch_line(r: &ExchangeRecord) -> String {
         (None, None) => "-".into(),
     };
     format!(
-        "{time} {exe}[{pid}] {provider} {op} {model}{stream} in={inp} out={out} ttfc={ttfc} dur={dur} {status}",
+        "{time} {exe}[{pid}] {provider} {op} {model}{stream} in={inp} out={out} {cost} ttfc={ttfc} dur={dur} {status}",
         exe = r.executable,
         pid = r.pid,
         provider = r.provider,
@@ -59,6 +70,7 @@ pub fn watch_line(r: &ExchangeRecord) -> String {
         stream = if r.streaming { " stream" } else { "" },
         inp = tokens(r.tokens.input, r.tokens.estimated),
         out = tokens(r.tokens.output, r.tokens.estimated),
+        cost = cost(r),
         ttfc = seconds(r.time_to_first_chunk_s),
         dur = seconds(r.duration_s),
     )
@@ -81,7 +93,7 @@ impl<W: Write + Send> RecordSink for WatchSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::Tokens;
+    use crate::llm::{Cost, Tokens};
 
     #[test]
     fn a_line_says_what_a_person_asks() {
@@ -106,14 +118,25 @@ mod tests {
         };
         assert_eq!(
             watch_line(&r),
-            "2026-11-28T00:16:48.500Z python3.11[4242] openai chat gpt-4o→gpt-4o-2024-08-06 stream in=1200 out=34 ttfc=0.412s dur=1.830s 200"
+            "2026-11-28T00:16:48.500Z python3.11[4242] openai chat gpt-4o→gpt-4o-2024-08-06 stream in=1200 out=34 $? ttfc=0.412s dur=1.830s 200"
+        );
+        let mut priced = r.clone();
+        priced.cost = Some(Cost {
+            total_usd: 0.00334,
+            ..Cost::default()
+        });
+        assert!(
+            watch_line(&priced).contains(" in=1200 out=34 $0.00334 ttfc="),
+            "{}",
+            watch_line(&priced)
         );
         let mut e = r.clone();
         e.http_status = Some(429);
         e.error_type = Some("rate_limit_exceeded".into());
         e.tokens = Tokens::default();
         assert!(
-            watch_line(&e).ends_with("in=? out=? ttfc=0.412s dur=1.830s 429 rate_limit_exceeded")
+            watch_line(&e)
+                .ends_with("in=? out=? $- ttfc=0.412s dur=1.830s 429 rate_limit_exceeded")
         );
     }
 }

@@ -4,9 +4,11 @@
 Run by `cargo xtask bench` (as root). A Python client (system OpenSSL) does small TLS
 request/response round trips over loopback against the rustls test server, with:
   - none:            no probes;
-  - floor:           the same uprobes tokentap attaches, as no-op bpftrace programs;
-  - floor-4:         entry and return probes on SSL_write_ex and SSL_read_ex (no-op bpftrace),
-                     the naive hook set tokentap avoids by capturing writes at entry;
+  - floor:           the same uprobes and uretprobes tokentap attaches, as no-op bpftrace
+                     programs;
+  - floor-entry-writes: the same without the write return probes (what capturing writes at
+                     entry would cost; tokentap captures them at return, which is exact under
+                     WANT_WRITE retries and partial writes);
   - tokentap:        the agent, default configuration.
 Runs are interleaved and the median of each configuration is reported, for wall time and for
 the client's CPU time (uprobe traps are charged to the client). A bulk download then measures the
@@ -67,11 +69,11 @@ class Probe:
             return
         if self.name.startswith("floor"):
             lib = self.libssl
+            hooks = [f"uprobe:{lib}:{f}" for f in ("SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_free")]
+            returns = ("SSL_read", "SSL_read_ex")
             if self.name == "floor":
-                hooks = [f"uprobe:{lib}:{f}" for f in ("SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_free")]
-                hooks += [f"uretprobe:{lib}:{f}" for f in ("SSL_read", "SSL_read_ex")]
-            else:
-                hooks = [f"{k}:{lib}:{f}" for f in ("SSL_write_ex", "SSL_read_ex") for k in ("uprobe", "uretprobe")]
+                returns += ("SSL_write", "SSL_write_ex")
+            hooks += [f"uretprobe:{lib}:{f}" for f in returns]
             prog = " ".join(h + " {}" for h in hooks)
             self.proc = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True)
@@ -153,7 +155,7 @@ def main():
     server = subprocess.Popen([a.server], stdout=subprocess.PIPE, text=True)
     info = json.loads(server.stdout.readline())
     port, cafile = info["port"], info["ca_file"]
-    configs = ["none", "floor", "floor-4", "tokentap"]
+    configs = ["none", "floor", "floor-entry-writes", "tokentap"]
     results = {c: [] for c in configs}
     agent_cpu = []
     agent_rss = []
@@ -172,7 +174,7 @@ def main():
                     agent_rss.append(peak_rss_kib(probe.proc.pid))
                 probe.stop()
                 results[name].append(r)
-                print(f"run {run + 1}/{a.runs} {name:9s} wall {r['wall_s']:.3f}s cpu {r['cpu_s']:.3f}s", file=sys.stderr)
+                print(f"run {run + 1}/{a.runs} {name:18s} wall {r['wall_s']:.3f}s cpu {r['cpu_s']:.3f}s", file=sys.stderr)
 
         # Agent CPU per GB captured: a bulk download with every byte captured.
         probe = Probe("tokentap", a.tokentap, libssl)
@@ -219,8 +221,8 @@ where uprobe traps are charged.
 {chr(10).join(rows)}
 
 - floor: the hooks tokentap attaches (entry of SSL_write, SSL_write_ex, SSL_read, SSL_read_ex,
-  SSL_free; return of SSL_read, SSL_read_ex) as empty bpftrace programs.
-- floor-4: entry and return of SSL_write_ex and SSL_read_ex as empty bpftrace programs.
+  SSL_free; return of SSL_write, SSL_write_ex, SSL_read, SSL_read_ex) as empty bpftrace programs.
+- floor-entry-writes: the same without the write return probes.
 - tokentap agent CPU during a run: median {statistics.median(agent_cpu):.2f} s
   ({statistics.median(agent_cpu) / a.round_trips * 1e6:.1f} µs per round trip); peak RSS {max(agent_rss) / 1024:.1f} MiB.
 

@@ -38,8 +38,13 @@
 //!   a ping, or usage); time per output chunk, the gaps between such events (events
 //!   delivered together have a gap of 0). Both only for streamed responses read as events
 //!   (not Gemini's JSON-array streaming without `alt=sse`).
-//! - Nothing from headers or bodies is copied into the record beyond its named fields.
+//! - Nothing from headers or bodies is copied into the record beyond its named fields;
+//!   prompt and completion text only with content capture on for the process
+//!   ([`content::ContentPolicy`]), cut and redacted. The completion text is always read (the
+//!   first and last 32 KiB of choice 0) to flag a `repetition_loop`, and dropped with the
+//!   exchange.
 
+pub mod content;
 mod framing;
 pub mod hosts;
 mod json;
@@ -50,6 +55,7 @@ pub mod tracker;
 #[cfg(test)]
 mod tests;
 
+pub use content::ContentPolicy;
 pub use hosts::ProviderConfig;
 pub use record::*;
 pub use tracker::{DropCounts, ExchangeTracker, LlmStats, ProcessContext, TrackerLimits};

@@ -97,6 +97,8 @@ pub struct Cost {
     pub reasoning_usd: f64,
     /// The price table entry that matched (`openai/gpt-4o`).
     pub priced_as: String,
+    /// Priced from estimated token counts (see [`Tokens::estimated`]).
+    pub estimated: bool,
 }
 
 /// Captured content (opt-in), truncated and with secrets redacted.

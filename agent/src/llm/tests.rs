@@ -2,8 +2,10 @@
 //! body deliveries with capture times, gaps, end) and its `*.expected.json` is the full
 //! record it must give. Every fixture is also replayed with the response body split at every
 //! byte boundary (a seeded sample for large bodies) and one byte at a time: the record must
-//! not change. `TOKENTAP_BLESS=1 cargo test -p tokentap --lib llm` rewrites the expected
-//! files (review the diff).
+//! not change. Fixtures are replayed with content capture on (the expected records hold the
+//! prompt and completion text), and once with it off (the same record without `content`).
+//! `TOKENTAP_BLESS=1 cargo test -p tokentap --lib llm` rewrites the expected files (review
+//! the diff).
 //!
 //! Fixture format, one directive per line (`#` comments):
 //! - `provider HOST[:PORT]=NAME`: an override; `role server`: the observed process served it.
@@ -22,8 +24,8 @@ use std::{fs, path::PathBuf};
 use serde_json::Value;
 
 use super::{
-    ExchangeRecord, ExchangeTracker, LlmStats, ProcessContext, ProviderConfig, TrackerLimits,
-    framing::eventstream::encode, providers::bedrock_invoke::base64_encode,
+    ContentPolicy, ExchangeRecord, ExchangeTracker, LlmStats, ProcessContext, ProviderConfig,
+    TrackerLimits, framing::eventstream::encode, providers::bedrock_invoke::base64_encode,
 };
 use crate::{
     http::{Headers, HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody},
@@ -359,8 +361,16 @@ fn sample(len: usize, n: usize, mut seed: u64) -> Vec<usize> {
 }
 
 fn run_one(f: &Fixture, events: &[Ev]) -> (Option<Value>, LlmStats) {
+    run_with(f, events, true)
+}
+
+fn run_with(f: &Fixture, events: &[Ev], capture: bool) -> (Option<Value>, LlmStats) {
     let providers = ProviderConfig::from_specs(&f.overrides).expect("valid overrides");
     let mut tracker = ExchangeTracker::new(providers);
+    tracker.set_content_policy(ContentPolicy {
+        all: capture,
+        ..ContentPolicy::default()
+    });
     let records = replay(&mut tracker, f.role, &f.request, events);
     assert!(records.len() <= 1, "one exchange per fixture");
     assert_eq!(tracker.in_flight(), 0, "nothing left in flight");
@@ -410,6 +420,16 @@ fn golden_fixtures() {
                 serde_json::to_string(&got).unwrap_or_default(),
                 serde_json::to_string(&expected).unwrap_or_default()
             ));
+            continue;
+        }
+        // Without content capture: the same record, without content.
+        let (off, _) = run_with(&f, &f.events, false);
+        let mut want_off = got.clone();
+        if let Some(c) = want_off.get_mut("content") {
+            *c = Value::Null;
+        }
+        if off.unwrap_or(Value::Null) != want_off {
+            failures.push(format!("{name}: differs without content capture"));
             continue;
         }
         let e = &f.expect;

@@ -23,13 +23,14 @@ use serde_json::Value;
 
 use super::{
     LlmError,
+    content::{ContentPolicy, prompt_text},
     framing::{
         BoundedBody, EventStreamDecoder, Framing, LineDecoder, Message, SseDecoder, body::BodyView,
     },
     hosts::{ProviderConfig, split_host_port},
     json::{Resolved, TopLevel, pick_top_level, scan_top_level},
     providers::{ApiShape, Observed, RequestLine, ResponseParser, Route, SHAPES, other},
-    record::{ExchangeRecord, RoleName},
+    record::{Content, ExchangeRecord, RoleName},
 };
 use crate::{
     http::{HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody},
@@ -166,6 +167,7 @@ pub struct ExchangeTracker {
     /// Bytes held by whole JSON bodies.
     json_held: usize,
     stats: LlmStats,
+    content: ContentPolicy,
 }
 
 struct Exchange {
@@ -184,6 +186,9 @@ struct Exchange {
     request_undecodable: bool,
     /// The request's W3C trace context, when it carried a valid one.
     traceparent: Option<String>,
+    /// Content capture is on for this process; with it, the prompt text (redacted, cut) and
+    /// whether it was cut.
+    capture: Option<Option<(String, bool)>>,
     response: Option<Response>,
 }
 
@@ -295,7 +300,13 @@ impl ExchangeTracker {
             next_seq: 0,
             json_held: 0,
             stats: LlmStats::default(),
+            content: ContentPolicy::default(),
         }
+    }
+
+    /// Whose prompt and completion text goes into records.
+    pub fn set_content_policy(&mut self, policy: ContentPolicy) {
+        self.content = policy;
     }
 
     pub fn stats(&self) -> &LlmStats {
@@ -321,7 +332,7 @@ impl ExchangeTracker {
                 exchange,
                 role,
                 request,
-            } => self.on_request((conn, exchange), role, request),
+            } => self.on_request((conn, exchange), role, request, ctx),
             HttpEvent::ResponseHead {
                 conn,
                 exchange,
@@ -388,7 +399,7 @@ impl ExchangeTracker {
         stale.len()
     }
 
-    fn on_request(&mut self, key: Key, role: Role, req: &HttpRequest) {
+    fn on_request(&mut self, key: Key, role: Role, req: &HttpRequest, ctx: &ProcessContext) {
         let line = RequestLine::new(&req.method, &req.target);
         let (host, port) = req
             .headers
@@ -461,6 +472,10 @@ impl ExchangeTracker {
             request_bytes: req.wire_len,
             request_undecodable: req.body.undecodable,
             traceparent: req.headers.get("traceparent").and_then(valid_traceparent),
+            capture: self
+                .content
+                .captures(ctx)
+                .then(|| prompt_text(&req.body, self.content.max_bytes)),
             response: None,
         };
         self.next_seq += 1;
@@ -631,6 +646,7 @@ impl ExchangeTracker {
             request_bytes,
             request_undecodable,
             traceparent,
+            capture,
             response,
         } = ex;
         self.stats.exchanges += 1;
@@ -653,6 +669,13 @@ impl ExchangeTracker {
             traceparent,
             ..ExchangeRecord::default()
         };
+        if let Some(prompt) = &capture {
+            record.content = Some(Content {
+                truncated: prompt.as_ref().is_some_and(|(_, cut)| *cut),
+                prompt: prompt.as_ref().map(|(p, _)| p.clone()),
+                completion: None,
+            });
+        }
         let Some(resp) = response else {
             self.stats.abandoned += 1;
             record.error_type = Some("no_response".to_owned());
@@ -702,6 +725,16 @@ impl ExchangeTracker {
         record.output_chunks = chunks.count;
         record.response_bytes = bytes;
         record.capture_gaps |= gaps > 0;
+        if obs.completion.repetition_loop() {
+            record.anomalies.push("repetition_loop".to_owned());
+        }
+        if let Some(content) = record.content.as_mut()
+            && !obs.completion.is_empty()
+        {
+            let (text, cut) = obs.completion.captured(self.content.max_bytes);
+            content.completion = Some(text);
+            content.truncated |= cut;
+        }
         record
     }
 

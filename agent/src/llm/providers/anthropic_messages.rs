@@ -48,7 +48,15 @@ impl ApiShape for AnthropicMessages {
     }
 
     fn response_fields(&self) -> &'static [&'static str] {
-        &["id", "model", "type", "stop_reason", "usage", "error"]
+        &[
+            "id",
+            "model",
+            "type",
+            "stop_reason",
+            "usage",
+            "error",
+            "content",
+        ]
     }
 
     fn parser(&self, _route: &Route) -> Box<dyn ResponseParser> {
@@ -109,6 +117,14 @@ impl ResponseParser for MessagesParser {
                 obs.id(v.get("id"));
                 obs.model(v.get("model"));
                 obs.finish_reason(0, v.get("stop_reason"));
+                for block in v
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    obs.text(0, block.get("text"));
+                }
                 if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
                     self.usage(u, true, obs);
                 }
@@ -141,12 +157,14 @@ impl ResponseParser for MessagesParser {
             }
             "content_block_start" => {
                 let b = v.get("content_block").unwrap_or(&Value::Null);
+                obs.text(0, b.get("text"));
                 return Ok(["text", "thinking"]
                     .iter()
                     .any(|k| non_empty(b.get(*k)).is_some()));
             }
             "content_block_delta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
+                obs.text(0, d.get("text"));
                 return Ok(["text", "partial_json", "thinking"]
                     .iter()
                     .any(|k| non_empty(d.get(*k)).is_some()));

@@ -113,6 +113,12 @@ fn chunk(v: &Value, obs: &mut Observed) -> bool {
             .get("content")
             .and_then(|c| c.get("parts"))
             .and_then(Value::as_array);
+        // Thought summaries are not the answer.
+        for p in parts.into_iter().flatten() {
+            if p.get("thought").and_then(Value::as_bool) != Some(true) {
+                obs.text(index, p.get("text"));
+            }
+        }
         content |= parts.into_iter().flatten().any(|p| {
             non_empty(p.get("text")).is_some()
                 || CONTENT_PARTS.iter().any(|k| has_content(p.get(*k)))

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{
     LlmError,
+    content::CompletionText,
     framing::{Framing, Message},
     record::Tokens,
 };
@@ -171,6 +172,8 @@ pub(crate) struct Observed {
     pub(crate) error_type: Option<String>,
     /// The stream's terminal event arrived.
     pub(crate) terminal: bool,
+    /// Completion text of choice 0 (bounded).
+    pub(crate) completion: CompletionText,
 }
 
 impl Observed {
@@ -208,6 +211,15 @@ impl Observed {
         let mut f = self.finish.clone();
         f.sort_by_key(|(i, _)| *i);
         f.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Completion text of choice `index` (only choice 0 is kept).
+    pub(crate) fn text(&mut self, index: u64, v: Option<&Value>) {
+        if index == 0
+            && let Some(s) = non_empty(v)
+        {
+            self.completion.push(s);
+        }
     }
 
     /// An error was reported, with its type or code if it had one. The first type wins.

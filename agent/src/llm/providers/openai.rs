@@ -100,6 +100,12 @@ impl ChoicesParser {
                 self.seen.push(index);
             }
             obs.finish_reason(index, c.get("finish_reason"));
+            // Chat: `message.content` whole, `delta.content` streamed; completions: `text`.
+            let text = c
+                .get(if streamed { "delta" } else { "message" })
+                .and_then(|m| m.get("content"))
+                .or_else(|| c.get("text"));
+            obs.text(index, text);
             content |= streamed && (self.content)(c);
         }
         // Usage may come in every chunk (vLLM continuous usage, OpenRouter): the last wins.

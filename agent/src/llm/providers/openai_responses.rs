@@ -41,6 +41,7 @@ impl ApiShape for OpenAiResponses {
             "usage",
             "error",
             "incomplete_details",
+            "output",
             "object",
             "type",
             "code",
@@ -106,6 +107,24 @@ impl ResponseParser for ResponsesParser {
         let ev = match msg {
             Message::Body(v) => {
                 apply_response(v, obs);
+                // Whole responses only: a stream's terminal event repeats the output.
+                for item in v
+                    .get("output")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    for part in item
+                        .get("content")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if part.get("type").and_then(Value::as_str) == Some("output_text") {
+                            obs.text(0, part.get("text"));
+                        }
+                    }
+                }
                 return Ok(false);
             }
             Message::Sse(ev) => ev,
@@ -147,7 +166,12 @@ impl ResponseParser for ResponsesParser {
                 };
                 obs.error(kind);
             }
-            k if k.ends_with(".delta") => return Ok(has_content(v.get("delta"))),
+            k if k.ends_with(".delta") => {
+                if k == "response.output_text.delta" {
+                    obs.text(0, v.get("delta"));
+                }
+                return Ok(has_content(v.get("delta")));
+            }
             _ => {}
         }
         Ok(false)
