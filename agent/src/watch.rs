@@ -45,28 +45,31 @@ fn seconds(s: Option<f64>) -> String {
     s.map(|s| format!("{s:.3}s")).unwrap_or_else(|| "-".into())
 }
 
-/// The human line for a record.
+/// The human line for a record. Values from traffic (models, provider, error type) and the
+/// executable name are sanitised: a hostile server must not be able to send terminal escape
+/// sequences to the person reading.
 pub fn watch_line(r: &ExchangeRecord) -> String {
+    let clean = crate::metrics::cardinality::sanitize_label_value;
     // Millisecond precision is plenty for people.
     let time = rfc3339_nanos(r.start_unix_ns);
     let time = format!("{}Z", time.get(..23).unwrap_or(&time));
     let model = match (&r.request_model, &r.response_model) {
-        (Some(req), Some(resp)) if req != resp => format!("{req}→{resp}"),
-        (_, Some(m)) | (Some(m), None) => m.clone(),
+        (Some(req), Some(resp)) if req != resp => format!("{}→{}", clean(req), clean(resp)),
+        (_, Some(m)) | (Some(m), None) => clean(m),
         (None, None) => "?".into(),
     };
     let status = match (r.http_status, &r.error_type) {
-        (Some(s), Some(e)) if e != &s.to_string() => format!("{s} {e}"),
+        (Some(s), Some(e)) if e != &s.to_string() => format!("{s} {}", clean(e)),
         (Some(s), _) => s.to_string(),
-        (None, Some(e)) => e.clone(),
+        (None, Some(e)) => clean(e),
         (None, None) => "-".into(),
     };
     format!(
         "{time} {exe}[{pid}] {provider} {op} {model}{stream} in={inp} out={out} {cost} ttfc={ttfc} dur={dur} {status}",
-        exe = r.executable,
+        exe = clean(&r.executable),
         pid = r.pid,
-        provider = r.provider,
-        op = r.operation,
+        provider = clean(&r.provider),
+        op = clean(&r.operation),
         stream = if r.streaming { " stream" } else { "" },
         inp = tokens(r.tokens.input, r.tokens.estimated),
         out = tokens(r.tokens.output, r.tokens.estimated),

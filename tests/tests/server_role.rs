@@ -18,6 +18,16 @@ use tokentap_tests::{
     sdk::sdk_python,
 };
 
+/// The server process, killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sum(samples: &[prom::Sample], name: &str, provider: &str, token_type: Option<&str>) -> f64 {
     samples
         .iter()
@@ -43,20 +53,22 @@ fn both_ends_on_one_node_are_counted_once_each() {
     std::fs::write(&cert_file, cert.pem()).expect("write cert");
     std::fs::write(&key_file, signing_key.serialize_pem()).expect("write key");
 
-    let mut server = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/clients/openssl_llm_server.py"
-        ))
-        .arg("--cert")
-        .arg(&cert_file)
-        .arg("--key")
-        .arg(&key_file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the OpenSSL LLM server");
+    let mut server = KillOnDrop(
+        Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/openssl_llm_server.py"
+            ))
+            .arg("--cert")
+            .arg(&cert_file)
+            .arg("--key")
+            .arg(&key_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the OpenSSL LLM server"),
+    );
     let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
+    BufReader::new(server.0.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("server prints its port");
     let port: u64 = serde_json::from_str::<serde_json::Value>(&line).expect("json")["port"]
@@ -98,8 +110,7 @@ fn both_ends_on_one_node_are_counted_once_each() {
 
     std::thread::sleep(Duration::from_secs(1));
     let (status, text) = http_get(&addr, "/metrics").expect("scrape");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     agent.stop().expect("the agent stops cleanly");
     assert_eq!(status, 200);

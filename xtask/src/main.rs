@@ -252,7 +252,11 @@ fn verify_sdk_venv(python: &Path) -> anyhow::Result<()> {
     };
     let libssl = field("libssl");
     let system = libssl.split(',').any(|p| {
-        p.ends_with("/libssl.so.3") && (p.starts_with("/usr/lib/") || p.starts_with("/lib/"))
+        // The distribution's own libssl: /usr/lib/<multiarch>, /lib64, /usr/lib64, ...
+        p.ends_with("/libssl.so.3")
+            && ["/usr/lib/", "/lib/", "/usr/lib64/", "/lib64/"]
+                .iter()
+                .any(|d| p.starts_with(d))
     });
     if !system {
         bail!(
