@@ -69,14 +69,16 @@ const NIGHTLY: &str = "nightly";
 fn main() {
     let Xtask { task } = Xtask::parse();
     let result = match task {
-        Task::Setup => setup(),
+        Task::Setup => setup().and_then(|()| ensure_sdk_venv()),
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
         Task::Test {
             unit_only,
             fuzz_seconds,
-        } => setup().and_then(|()| test(unit_only, fuzz_seconds)),
+        } => setup()
+            .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
     };
@@ -149,6 +151,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The toolchain for building (every task). The SDK venv for the tests is added by `setup`
+/// and `test` only, so building and running the agent need no Python packages.
 /// Idempotent, and quick when everything is already there.
 fn setup() -> anyhow::Result<()> {
     // The nightly toolchain builds the eBPF crate with -Z build-std=core, which needs rust-src.
@@ -176,7 +180,7 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ]))?;
     }
-    ensure_sdk_venv()
+    Ok(())
 }
 
 /// The venv holding the real LLM SDKs that the end-to-end tests drive.
