@@ -7,7 +7,7 @@
 //! - `rate_limited`: HTTP 429, or an error type that names a rate limit
 //!   (`rate_limit_exceeded`, `rate_limit_error`, `RESOURCE_EXHAUSTED`, `ThrottlingException`);
 //! - `prompt_bloat`: input tokens above [`BLOAT_FACTOR`] × the trailing p95 of the same
-//!   executable, provider and model (its last [`BLOAT_WINDOW`] calls, once there are
+//!   service (executable and container), provider and model (its last [`BLOAT_WINDOW`] calls, once there are
 //!   [`BLOAT_MIN_SAMPLES`]).
 //!
 //! `repetition_loop` is flagged by the LLM stage, the only one that sees the completion text.
@@ -125,7 +125,13 @@ impl RecordEnricher for AnomalyDetector {
                 .clone()
                 .or_else(|| record.request_model.clone())
                 .unwrap_or_default();
-            let key = (record.executable.clone(), record.provider.clone(), model);
+            // The service: the container when known (every Python service is "python3"),
+            // else the executable.
+            let service = match &record.container_id {
+                Some(id) => format!("{}@{id}", record.executable),
+                None => record.executable.clone(),
+            };
+            let key = (service, record.provider.clone(), model);
             if self.bloated(key, input) {
                 flag(record, PROMPT_BLOAT);
             }
@@ -167,6 +173,11 @@ impl AnomalyMetrics {
 
 impl RecordSink for AnomalyMetrics {
     fn record(&mut self, record: &ExchangeRecord) {
+        // Client calls only, like the client metric families: a call seen at both ends of
+        // this node is flagged on both records but counted once.
+        if record.role == Some(crate::llm::RoleName::Server) {
+            return;
+        }
         for kind in &record.anomalies {
             let values = self.guard.admit(
                 vec![

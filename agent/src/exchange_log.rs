@@ -130,7 +130,15 @@ impl ExchangeLog {
 }
 
 fn open_append(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    // Owner-only: with --capture-content the file holds prompts and completions.
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?
+    };
     let size = f.metadata()?.len();
     Ok((BufWriter::new(f), size))
 }

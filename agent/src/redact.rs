@@ -156,7 +156,10 @@ fn bearer_byte(b: u8) -> bool {
 }
 
 /// Known key and token formats. `sk-` covers OpenAI (`sk-`, `sk-proj-`), Anthropic
-/// (`sk-ant-`) and the many providers that copied the form (DeepSeek, OpenRouter `sk-or-`).
+/// (`sk-ant-`) and the many providers that copied the form (DeepSeek, OpenRouter `sk-or-`);
+/// also Stripe, Hugging Face, Google OAuth, GitHub, Slack tokens and HTTP Basic credentials.
+/// Keys with no recognisable shape (Azure, Mistral, Cohere) are not caught here; they are
+/// dropped with their headers before any text is kept.
 const SECRET_PATTERNS: &[SecretPattern] = &[
     SecretPattern {
         prefix: "sk-",
@@ -235,6 +238,66 @@ const SECRET_PATTERNS: &[SecretPattern] = &[
         body: jwt_byte,
         min_body: 20,
         keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "sk_live_",
+        body: token_byte,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "rk_live_",
+        body: token_byte,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "sk_test_",
+        body: token_byte,
+        min_body: 16,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "hf_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ya29.",
+        body: jwt_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ghu_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "ghr_",
+        body: token_byte,
+        min_body: 20,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "xapp-",
+        body: slack_byte,
+        min_body: 10,
+        keep_prefix: false,
+    },
+    SecretPattern {
+        prefix: "Basic ",
+        body: bearer_byte,
+        min_body: 8,
+        keep_prefix: true,
+    },
+    SecretPattern {
+        prefix: "basic ",
+        body: bearer_byte,
+        min_body: 8,
+        keep_prefix: true,
     },
     SecretPattern {
         prefix: "Bearer ",
@@ -338,6 +401,12 @@ mod tests {
             ("g=AIzaSyA1234567890abcdefghijklmnopqrstu", "g=[REDACTED]"),
             ("aws AKIAIOSFODNN7EXAMPLE.", "aws [REDACTED]."),
             ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "[REDACTED]"),
+            ("hf_abcdefghijklmnopqrstuvwxyz0123", "[REDACTED]"),
+            ("k=sk_live_abcdefghijklmnop1234", "k=[REDACTED]"),
+            (
+                "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+                "Authorization: Basic [REDACTED]",
+            ),
             ("slack xoxb-1234567890-abcdefghij", "slack [REDACTED]"),
             ("xoxp-1234-5678-abcdefgh", "[REDACTED]"),
             (

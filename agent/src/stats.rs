@@ -28,8 +28,8 @@ use crate::{
 pub const MAX_WINDOW_S: f64 = 3600.0;
 /// The window when none is asked for.
 pub const DEFAULT_WINDOW_S: f64 = 300.0;
-pub const MAX_KEYS: usize = 256;
-pub const MAX_SAMPLES_PER_KEY: usize = 20_000;
+pub const MAX_KEYS: usize = 64;
+pub const MAX_SAMPLES_PER_KEY: usize = 4096;
 
 /// One finished call, as the feed needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -267,6 +267,11 @@ impl StatsSink {
 
 impl RecordSink for StatsSink {
     fn record(&mut self, record: &ExchangeRecord) {
+        // The feed describes calls made from this node. A call whose server end is also here
+        // (a gateway or model server) would otherwise be counted twice.
+        if record.role == Some(crate::llm::RoleName::Server) {
+            return;
+        }
         if let Ok(mut s) = self.stats.lock() {
             s.add(record, unix_now());
         }

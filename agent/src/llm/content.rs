@@ -144,13 +144,62 @@ pub fn repetition_loop(text: &str) -> bool {
     if text.len() < LOOP_MIN_CHARS {
         return false;
     }
-    let words: Vec<&str> = text.split_whitespace().collect();
-    loops(words.windows(LOOP_NGRAM_WORDS)) || loops(text.as_bytes().windows(LOOP_SUBSTRING_BYTES))
+    // Structured output (JSON objects or arrays) repeats its keys by design.
+    if text.trim_start().starts_with(['{', '[']) {
+        return false;
+    }
+    let word_hashes = text.split_whitespace().map(|w| fx(w.as_bytes()));
+    let words: Vec<u64> = word_hashes.collect();
+    let ngrams = words
+        .windows(LOOP_NGRAM_WORDS)
+        .map(|w| w.iter().fold(0u64, |h, &x| mix(h, x)));
+    loops(ngrams) || loops(rolling_windows(text.as_bytes(), LOOP_SUBSTRING_BYTES))
 }
 
-fn loops<K: std::hash::Hash + Eq>(items: impl Iterator<Item = K>) -> bool {
-    let mut counts: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
-    let (mut total, mut repeats, mut max) = (0usize, 0usize, 0usize);
+/// A fast non-cryptographic hash step (the keys come from text a process produced; a
+/// collision can only make a loop look slightly longer).
+fn mix(h: u64, x: u64) -> u64 {
+    (h.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+fn fx(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0u64, |h, &b| mix(h, u64::from(b)))
+}
+
+/// Hashes of every `n`-byte window, in O(1) per window (a polynomial rolling hash).
+fn rolling_windows(bytes: &[u8], n: usize) -> impl Iterator<Item = u64> + '_ {
+    const BASE: u64 = 0x100_0000_01b3;
+    let top = (1..n).fold(1u64, |p, _| p.wrapping_mul(BASE));
+    let mut h = 0u64;
+    bytes.iter().enumerate().filter_map(move |(i, &b)| {
+        if i >= n {
+            h = h.wrapping_sub(u64::from(bytes[i - n]).wrapping_mul(top));
+        }
+        h = h.wrapping_mul(BASE).wrapping_add(u64::from(b));
+        (i + 1 >= n).then_some(h)
+    })
+}
+
+/// Keys are hashes already: no second hash.
+#[derive(Default)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fx(bytes);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+fn loops(items: impl Iterator<Item = u64>) -> bool {
+    let mut counts: std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<Identity>> =
+        std::collections::HashMap::default();
+    let (mut total, mut repeats, mut max) = (0usize, 0usize, 0u32);
     for key in items {
         total += 1;
         let n = counts.entry(key).or_default();
@@ -160,7 +209,9 @@ fn loops<K: std::hash::Hash + Eq>(items: impl Iterator<Item = K>) -> bool {
         *n += 1;
         max = max.max(*n);
     }
-    total > 0 && max >= LOOP_MIN_REPEATS && repeats as f64 / total as f64 >= LOOP_MIN_COVERAGE
+    total > 0
+        && max as usize >= LOOP_MIN_REPEATS
+        && repeats as f64 / total as f64 >= LOOP_MIN_COVERAGE
 }
 
 // ---- Prompt text ----
@@ -349,6 +400,16 @@ mod tests {
         .map(|(i, s)| format!("Step {}: {s}, then check the recipe card.\n", i + 1))
         .collect();
         assert!(!repetition_loop(&list), "{list}");
+    }
+
+    #[test]
+    fn structured_output_is_not_a_loop() {
+        let records: Vec<String> = (0..20)
+            .map(|i| format!(r#"{{"id":{i},"name":"user{i}","department":"engineering","country":"United States","is_active":true}}"#))
+            .collect();
+        let json = format!("[{}]", records.join(","));
+        assert!(json.len() >= LOOP_MIN_CHARS);
+        assert!(!repetition_loop(&json));
     }
 
     #[test]

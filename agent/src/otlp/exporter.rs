@@ -1,7 +1,7 @@
 //! The span exporter: a [`RecordSink`] that turns records into encoded spans and queues them
 //! (bounded: when full, the span is dropped and counted; the pipeline never waits), and a
 //! background task that batches the queue and POSTs it to the collector, retrying with
-//! backoff on connect errors, 429 and 5xx, and dropping (counted) after that.
+//! backoff on connect errors and 429/502/503/504, and dropping (counted) after that.
 
 use std::time::Duration;
 
@@ -271,7 +271,8 @@ async fn export_with_retry(
                     _ = stop.changed() => {}
                 }
             }
-            Some(_) => {}
+            // Shutting down: no more retries; the batch is counted as dropped below.
+            Some(_) => break,
             None => sleep(backoff).await,
         }
         backoff = (backoff * 2).min(config.max_backoff);
@@ -313,7 +314,8 @@ impl ExportError {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Connect(..) | Self::Io(_) | Self::Timeout(_) => true,
-            Self::Status(s) => *s == 429 || *s >= 500,
+            // The statuses OTLP/HTTP says to retry.
+            Self::Status(s) => matches!(*s, 429 | 502 | 503 | 504),
             Self::BadResponse => false,
         }
     }

@@ -33,6 +33,10 @@ pub enum EndpointError {
     NoHost(String),
     #[error("{0:?} has a bad port")]
     BadPort(String),
+    #[error(
+        "credentials in the endpoint URL are not supported (they would be logged): remove the user:password@ part"
+    )]
+    Credentials,
 }
 
 /// The OTLP/HTTP traces path.
@@ -55,6 +59,9 @@ impl Endpoint {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, ""),
         };
+        if authority.contains('@') {
+            return Err(EndpointError::Credentials);
+        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             // [::1]:4318
             let (host, after) = v6
