@@ -127,16 +127,26 @@ impl Pricer {
         }
     }
 
-    /// Prices a record by its response model, else its request model.
+    /// Prices a record by its response model, else its request model. A call to a host no one
+    /// named (its provider is the host itself: a self-hosted server) is priced only by a
+    /// `--pricing` entry for that host, never by a model family's list price.
     pub fn price(&self, r: &ExchangeRecord) -> Option<crate::llm::Cost> {
         let model = r.response_model.as_deref().or(r.request_model.as_deref())?;
-        let price = self.table.lookup(&r.provider, model).or_else(|| {
+        let unnamed = !r.server_address.is_empty() && r.provider == r.server_address;
+        let lookup = |m: &str| {
+            if unnamed {
+                self.table.lookup_own(&r.provider, m)
+            } else {
+                self.table.lookup(&r.provider, m)
+            }
+        };
+        let price = lookup(model).or_else(|| {
             // A response model the table lacks, while the request's has a price (an alias the
             // provider resolved to a snapshot we cannot normalise).
             r.request_model
                 .as_deref()
                 .filter(|m| Some(*m) != r.response_model.as_deref())
-                .and_then(|m| self.table.lookup(&r.provider, m))
+                .and_then(lookup)
         })?;
         price.cost(&r.tokens)
     }
@@ -146,5 +156,34 @@ impl RecordEnricher for Pricer {
     fn enrich(&mut self, record: &mut ExchangeRecord) {
         self.reload_if_changed();
         record.cost = self.price(record);
+    }
+}
+
+#[cfg(test)]
+mod unnamed_host_tests {
+    use super::*;
+    use crate::llm::{ExchangeRecord, Tokens};
+
+    #[test]
+    fn a_self_hosted_model_is_not_billed_at_list_price() {
+        let pricer = Pricer::new(None, &prometheus::Registry::new()).expect("embedded table");
+        let mut r = ExchangeRecord {
+            provider: "vllm.internal".into(),
+            server_address: "vllm.internal".into(),
+            request_model: Some("mistral-small".into()),
+            tokens: Tokens {
+                input: Some(1000),
+                output: Some(100),
+                ..Tokens::default()
+            },
+            ..ExchangeRecord::default()
+        };
+        assert!(
+            pricer.price(&r).is_none(),
+            "an unnamed host is not priced by family"
+        );
+        // Named by --provider (a gateway), the family's price applies.
+        r.provider = "litellm".into();
+        assert!(pricer.price(&r).is_some());
     }
 }

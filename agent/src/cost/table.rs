@@ -292,10 +292,24 @@ impl PriceTable {
 
     /// The entry for a call to `model` at `provider` (see [`lookup_keys`]).
     pub fn lookup(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
+        self.lookup_with(provider, model, true)
+    }
+
+    /// Like [`Self::lookup`], but only `provider`'s own entries: for endpoints nobody named
+    /// (a self-hosted server serving `mistral-small` is not billed at Mistral's list price).
+    pub fn lookup_own(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
+        self.lookup_with(provider, model, false)
+    }
+
+    fn lookup_with(&self, provider: &str, model: &str, aliases: bool) -> Option<&ModelPrice> {
         let provider = provider.to_ascii_lowercase();
         let model = model.trim().to_ascii_lowercase();
         let forms = model_forms(&model);
-        for p in provider_candidates(&provider, &forms) {
+        let mut candidates = provider_candidates(&provider, &forms);
+        if !aliases {
+            candidates.truncate(1);
+        }
+        for p in candidates {
             for m in &forms {
                 if let Some(price) = self.get(p, m) {
                     return Some(price);
