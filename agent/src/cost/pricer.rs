@@ -166,7 +166,7 @@ mod unnamed_host_tests {
 
     #[test]
     fn a_self_hosted_model_is_not_billed_at_list_price() {
-        let pricer = Pricer::new(None, &prometheus::Registry::new()).expect("embedded table");
+        let pricer = Pricer::new(None, &Registry::new()).expect("embedded table");
         let mut r = ExchangeRecord {
             provider: "vllm.internal".into(),
             server_address: "vllm.internal".into(),
