@@ -235,3 +235,118 @@ mod tests {
         );
     }
 }
+
+/// Runs a sink on its own thread behind a bounded queue, so that a slow consumer (a log file
+/// on a stalled disk, a stdout pipe nobody reads) can never stall the pipeline: records that
+/// find the queue full are dropped and counted.
+pub struct Detached {
+    queue: Option<std::sync::mpsc::SyncSender<ExchangeRecord>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    dropped: Option<prometheus::IntCounter>,
+    /// Records dropped because the queue was full.
+    pub dropped_records: u64,
+}
+
+impl Detached {
+    /// Records that may wait for the sink.
+    pub const QUEUE: usize = 4096;
+
+    /// Moves `sink` to a thread named `name`; drops are counted in
+    /// `tokentap_sink_records_dropped_total{sink=name}` of `registry` when given.
+    pub fn new(
+        name: &'static str,
+        mut sink: Box<dyn RecordSink + Send>,
+        registry: Option<&prometheus::Registry>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ExchangeRecord>(Self::QUEUE);
+        let worker = std::thread::Builder::new()
+            .name(format!("tokentap-{name}"))
+            .spawn(move || {
+                for record in rx {
+                    sink.record(&record);
+                }
+            })?;
+        let dropped = registry.and_then(|r| {
+            let opts = prometheus::Opts::new(
+                "tokentap_sink_records_dropped_total",
+                "Exchange records a slow sink (exchange log, watch output) had no room for.",
+            )
+            .const_label("sink", name);
+            let c = prometheus::IntCounter::with_opts(opts).ok()?;
+            r.register(Box::new(c.clone())).ok()?;
+            Some(c)
+        });
+        Ok(Self {
+            queue: Some(tx),
+            worker: Some(worker),
+            dropped,
+            dropped_records: 0,
+        })
+    }
+}
+
+impl RecordSink for Detached {
+    fn record(&mut self, record: &ExchangeRecord) {
+        let Some(queue) = &self.queue else { return };
+        if queue.try_send(record.clone()).is_err() {
+            self.dropped_records += 1;
+            if let Some(c) = &self.dropped {
+                c.inc();
+            }
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker once it has written what was queued.
+        self.queue.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod detached_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    struct Slow(Arc<Mutex<Vec<u32>>>);
+
+    impl RecordSink for Slow {
+        fn record(&mut self, record: &ExchangeRecord) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if let Ok(mut v) = self.0.lock() {
+                v.push(record.pid);
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_sink_never_blocks_and_drops_are_counted() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut d = Detached::new("test", Box::new(Slow(seen.clone())), None).expect("thread");
+        let started = std::time::Instant::now();
+        for pid in 0..(Detached::QUEUE as u32 * 2) {
+            d.record(&ExchangeRecord {
+                pid,
+                ..ExchangeRecord::default()
+            });
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "record() must not wait"
+        );
+        let dropped = d.dropped_records;
+        drop(d); // flushes what was queued
+        let written = seen.lock().map(|v| v.len()).unwrap_or(0) as u64;
+        assert!(dropped > 0);
+        assert_eq!(
+            written + dropped,
+            Detached::QUEUE as u64 * 2,
+            "every record written or counted"
+        );
+    }
+}

@@ -114,6 +114,9 @@ fn log_and_anomaly_sinks(
             .with_error_metric(registry);
         log.open()
             .with_context(|| format!("--log-exchanges {}", path.display()))?;
+        // On its own thread: a stalled disk or pipe must not stall capture.
+        let log = tokentap::exchanges::Detached::new("exchange_log", Box::new(log), Some(registry))
+            .context("cannot start the exchange log writer")?;
         sinks.push(Box::new(log));
     }
     Ok(())
