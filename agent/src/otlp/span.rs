@@ -322,7 +322,11 @@ pub fn span_of(record: &ExchangeRecord, ids: &mut IdGenerator) -> Span {
         start_unix_ns: start,
         end_unix_ns: end,
         attributes: a,
-        error: error_type.clone(),
+        // HTTP semantic conventions: a server leaves the status unset for 4xx (the client's
+        // fault); error.type still says what happened.
+        error: error_type.clone().filter(|_| {
+            !(kind == SPAN_KIND_SERVER && http_status.is_some_and(|s| (400..500).contains(&s)))
+        }),
     }
 }
 

@@ -216,9 +216,19 @@ fn span_attributes_follow_the_genai_conventions() {
     let span = span_of(&r, &mut IdGenerator::with_seed(7));
     assert_eq!(span.name, "chat gpt-4o-2024-08-06");
     assert_eq!(span.kind, proto::SPAN_KIND_SERVER);
-    assert_eq!(span.error.as_deref(), Some("rate_limit_exceeded"));
+    // A 4xx is the client's fault: a server span leaves its status unset, error.type says it.
+    assert_eq!(span.error, None);
     assert!(span.attributes.iter().any(|kv| kv.key == attr::ERROR_TYPE));
     assert!(!span.attributes.iter().any(|kv| kv.key == attr::COST_USD));
+    // The same call seen from the client is an error span; a 5xx is one for the server too.
+    r.role = Some(RoleName::Client);
+    let span = span_of(&r, &mut IdGenerator::with_seed(7));
+    assert_eq!(span.error.as_deref(), Some("rate_limit_exceeded"));
+    r.role = Some(RoleName::Server);
+    r.http_status = Some(503);
+    r.error_type = Some("503".into());
+    let span = span_of(&r, &mut IdGenerator::with_seed(7));
+    assert_eq!(span.error.as_deref(), Some("503"));
 }
 
 #[test]
