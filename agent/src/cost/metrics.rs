@@ -12,13 +12,11 @@ use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 use crate::{
     llm::{ExchangeRecord, RoleName},
     metrics::{
-        cardinality::{CardinalityGuard, sanitize_label_value},
-        genai::LABELS,
+        cardinality::CardinalityGuard,
+        genai::{LABELS, UNTRUSTED, label_values},
     },
 };
 
-/// Positions in [`LABELS`] whose values come from traffic (as in the GenAI families).
-const UNTRUSTED: [usize; 5] = [0, 2, 3, 4, 6];
 /// Labels of the unpriced families: positions in [`LABELS`].
 const UNPRICED: [usize; 3] = [0, 2, 3];
 /// `gen_ai_token_type` values of the cost families.
@@ -81,21 +79,7 @@ impl CostMetrics {
     }
 
     fn labels(&mut self, r: &ExchangeRecord) -> Vec<String> {
-        let values = vec![
-            sanitize_label_value(&r.provider),
-            sanitize_label_value(&r.operation),
-            sanitize_label_value(r.request_model.as_deref().unwrap_or("")),
-            sanitize_label_value(r.response_model.as_deref().unwrap_or("")),
-            sanitize_label_value(&r.server_address),
-            if r.server_port == 0 {
-                String::new()
-            } else {
-                r.server_port.to_string()
-            },
-            sanitize_label_value(r.error_type.as_deref().unwrap_or("")),
-            sanitize_label_value(&r.executable),
-        ];
-        self.guard.admit(values, &UNTRUSTED)
+        self.guard.admit(label_values(r), &UNTRUSTED)
     }
 
     pub fn record(&mut self, r: &ExchangeRecord) {

@@ -65,7 +65,26 @@ pub const LABELS: [&str; 8] = [
 ];
 /// Positions in [`LABELS`] whose values come from traffic (provider, models, host, port, error
 /// codes) or from whatever a local user runs (the executable).
-const UNTRUSTED: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+pub const UNTRUSTED: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+
+/// The values of [`LABELS`] for a record, sanitised (before the cardinality guard). Every
+/// family keyed by the standard labels builds them here.
+pub fn label_values(r: &ExchangeRecord) -> Vec<String> {
+    vec![
+        sanitize_label_value(&r.provider),
+        sanitize_label_value(&r.operation),
+        sanitize_label_value(r.request_model.as_deref().unwrap_or("")),
+        sanitize_label_value(r.response_model.as_deref().unwrap_or("")),
+        sanitize_label_value(&r.server_address),
+        if r.server_port == 0 {
+            String::new()
+        } else {
+            r.server_port.to_string()
+        },
+        sanitize_label_value(r.error_type.as_deref().unwrap_or("")),
+        sanitize_label_value(&r.executable),
+    ]
+}
 
 /// The status label: a real HTTP status, or `_OTHER`, so a hostile server cannot mint
 /// unbounded values.
@@ -225,20 +244,7 @@ impl GenAiMetrics {
 
     /// The label values for a record, sanitised and admitted by the cardinality guard.
     fn labels(&mut self, r: &ExchangeRecord) -> Vec<String> {
-        let values = vec![
-            sanitize_label_value(&r.provider),
-            sanitize_label_value(&r.operation),
-            sanitize_label_value(r.request_model.as_deref().unwrap_or("")),
-            sanitize_label_value(r.response_model.as_deref().unwrap_or("")),
-            sanitize_label_value(&r.server_address),
-            if r.server_port == 0 {
-                String::new()
-            } else {
-                r.server_port.to_string()
-            },
-            sanitize_label_value(r.error_type.as_deref().unwrap_or("")),
-            sanitize_label_value(&r.executable),
-        ];
+        let values = label_values(r);
         let before = self.guard.overflowed();
         let values = self.guard.admit(values, &UNTRUSTED);
         if self.guard.overflowed() > before {
