@@ -20,7 +20,11 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use crate::{
     exchanges::{RecordEnricher, RecordSink},
     llm::ExchangeRecord,
-    metrics::cardinality::{CardinalityGuard, sanitize_label_value},
+    metrics::{
+        cardinality::{CardinalityGuard, sanitize_label_value},
+        genai::{WORKLOAD_LABELS, belongs_to, remove_series, workload_label_values},
+    },
+    workload::PodRef,
 };
 
 pub const REPETITION_LOOP: &str = "repetition_loop";
@@ -140,7 +144,7 @@ impl RecordEnricher for AnomalyDetector {
 }
 
 /// `tokentap_anomalies_total{kind, gen_ai_provider_name, gen_ai_request_model,
-/// process_executable_name}`.
+/// process_executable_name, WORKLOAD_LABELS}`.
 pub struct AnomalyMetrics {
     total: IntCounterVec,
     guard: CardinalityGuard,
@@ -148,17 +152,19 @@ pub struct AnomalyMetrics {
 
 impl AnomalyMetrics {
     pub fn new(registry: &Registry, max_label_sets: usize) -> Self {
+        let mut labels = vec![
+            "kind",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "process_executable_name",
+        ];
+        labels.extend(WORKLOAD_LABELS);
         let total = IntCounterVec::new(
             Opts::new(
                 "tokentap_anomalies_total",
                 "LLM calls flagged with an anomaly (repetition_loop, prompt_bloat, truncated, rate_limited).",
             ),
-            &[
-                "kind",
-                "gen_ai_provider_name",
-                "gen_ai_request_model",
-                "process_executable_name",
-            ],
+            &labels,
         )
         .expect("valid counter definition");
         if let Err(e) = registry.register(Box::new(total.clone())) {
@@ -179,20 +185,31 @@ impl RecordSink for AnomalyMetrics {
             return;
         }
         for kind in &record.anomalies {
-            let values = self.guard.admit(
-                vec![
-                    sanitize_label_value(kind),
-                    sanitize_label_value(&record.provider),
-                    sanitize_label_value(record.request_model.as_deref().unwrap_or("")),
-                    sanitize_label_value(&record.executable),
-                ],
-                &[1, 2, 3],
-            );
+            let mut values = vec![
+                sanitize_label_value(kind),
+                sanitize_label_value(&record.provider),
+                sanitize_label_value(record.request_model.as_deref().unwrap_or("")),
+                sanitize_label_value(&record.executable),
+            ];
+            values.extend(workload_label_values(record));
+            let values = self.guard.admit(values, &UNTRUSTED);
             let refs: Vec<&str> = values.iter().map(String::as_str).collect();
             self.total.with_label_values(&refs).inc();
         }
     }
+
+    fn forget_pods(&mut self, pods: &[PodRef]) {
+        let sets = self
+            .guard
+            .forget(|values| belongs_to(values.get(WORKLOAD_AT..).unwrap_or(&[]), pods));
+        remove_series(&self.total, &sets, &[]);
+    }
 }
+
+/// Where the workload labels start in the anomaly family's labels.
+const WORKLOAD_AT: usize = 4;
+/// Label positions folded into `_OTHER` past the cap (all but `kind`).
+const UNTRUSTED: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 #[cfg(test)]
 mod tests {
@@ -298,7 +315,9 @@ mod tests {
         m.record(&r);
         let v = m
             .total
-            .with_label_values(&[TRUNCATED, "openai", "gpt-4o", "python3"])
+            .with_label_values(&[
+                TRUNCATED, "openai", "gpt-4o", "python3", "", "", "", "", "", "",
+            ])
             .get();
         assert_eq!(v, 2);
     }

@@ -2,9 +2,10 @@
 //! sinks (metrics, watch).
 //!
 //! Receives: [`StreamItem`]s from the pipeline. Emits: [`ExchangeRecord`]s to every
-//! [`RecordSink`]. Process facts (executable, container) are looked up once per process.
+//! [`RecordSink`]. Process facts (executable, container, service name override, systemd
+//! unit) are looked up once per process; pod facts when each record is made.
 
-use std::{collections::HashMap, fs, path::PathBuf};
+use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
 
 use crate::{
     clock::KtimeClock,
@@ -15,11 +16,15 @@ use crate::{
     metrics::genai::GenAiMetrics,
     pipeline::StreamSink,
     stream::StreamItem,
+    workload::{PodRef, WorkloadResolver, process},
 };
 
 /// Where exchange records go.
 pub trait RecordSink {
     fn record(&mut self, record: &ExchangeRecord);
+
+    /// These pods were deleted a while ago: drop what is kept per pod (metric series).
+    fn forget_pods(&mut self, _pods: &[PodRef]) {}
 }
 
 /// Adds to a record before the sinks see it (cost, anomaly flags, content).
@@ -30,6 +35,10 @@ pub trait RecordEnricher {
 impl RecordSink for GenAiMetrics {
     fn record(&mut self, record: &ExchangeRecord) {
         GenAiMetrics::record(self, record);
+    }
+
+    fn forget_pods(&mut self, pods: &[PodRef]) {
+        GenAiMetrics::forget_pods(self, pods);
     }
 }
 
@@ -61,13 +70,14 @@ impl ProcessInfo {
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| String::from_utf8_lossy(comm).into_owned());
-            let container_id = fs::read_to_string(proc_root.join(format!("{tgid}/cgroup")))
-                .ok()
-                .and_then(|text| container_id_from_cgroup(&text));
+            let cgroup = fs::read_to_string(proc_root.join(format!("{tgid}/cgroup"))).ok();
+            let cgroup = cgroup.as_deref().unwrap_or("");
             ProcessContext {
                 pid: tgid,
                 executable,
-                container_id,
+                container_id: container_id_from_cgroup(cgroup),
+                service_name_env: process::read_service_name_env(proc_root, tgid),
+                systemd_unit: process::systemd_unit(cgroup),
             }
         })
     }
@@ -100,6 +110,7 @@ pub struct ExchangeSink {
     http: HttpTracker,
     llm: ExchangeTracker,
     processes: ProcessInfo,
+    workloads: WorkloadResolver,
     enrichers: Vec<Box<dyn RecordEnricher + Send>>,
     sinks: Vec<Box<dyn RecordSink + Send>>,
     records: u64,
@@ -116,6 +127,7 @@ impl ExchangeSink {
             http: HttpTracker::new(http),
             llm: ExchangeTracker::new(providers),
             processes: ProcessInfo::new(proc_root),
+            workloads: WorkloadResolver::default(),
             enrichers: Vec::new(),
             sinks,
             records: 0,
@@ -125,6 +137,12 @@ impl ExchangeSink {
     /// Adds a stage that enriches every record before the sinks see it (in order added).
     pub fn with_enricher(mut self, enricher: Box<dyn RecordEnricher + Send>) -> Self {
         self.enrichers.push(enricher);
+        self
+    }
+
+    /// Resolves records to pods and workloads (Kubernetes); without it only `service_name`.
+    pub fn with_workloads(mut self, workloads: WorkloadResolver) -> Self {
+        self.workloads = workloads;
         self
     }
 
@@ -177,6 +195,7 @@ impl StreamSink for ExchangeSink {
             http,
             llm,
             processes,
+            workloads,
             enrichers,
             sinks,
             records,
@@ -189,6 +208,7 @@ impl StreamSink for ExchangeSink {
             let ctx = processes.get(event_tgid(&ev), b"");
             llm.on_http_event(&ev, ctx, &unix_ns_of, &mut |mut record| {
                 *records += 1;
+                (record.service_name, record.k8s) = workloads.identify(ctx);
                 for enricher in enrichers.iter_mut() {
                     enricher.enrich(&mut record);
                 }
@@ -205,6 +225,12 @@ impl StreamSink for ExchangeSink {
 
     fn evict_idle(&mut self, now_ktime_ns: u64, idle_ns: u64) {
         self.llm.evict_idle(now_ktime_ns, idle_ns);
+        let expired = self.workloads.expired(Instant::now());
+        if !expired.is_empty() {
+            for sink in &mut self.sinks {
+                sink.forget_pods(&expired);
+            }
+        }
     }
 }
 
@@ -328,7 +354,7 @@ mod detached_tests {
     fn a_slow_sink_never_blocks_and_drops_are_counted() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut d = Detached::new("test", Box::new(Slow(seen.clone())), None).expect("thread");
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         for pid in 0..(Detached::QUEUE as u32 * 2) {
             d.record(&ExchangeRecord {
                 pid,

@@ -28,3 +28,4 @@ pub mod stage_metrics;
 pub mod stats;
 pub mod stream;
 pub mod watch;
+pub mod workload;

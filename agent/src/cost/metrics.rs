@@ -13,14 +13,14 @@ use crate::{
     llm::{ExchangeRecord, RoleName},
     metrics::{
         cardinality::CardinalityGuard,
-        genai::{LABELS, UNTRUSTED, label_values},
+        genai::{LABELS, UNTRUSTED, WORKLOAD_AT, belongs_to, label_values, remove_series},
     },
+    workload::PodRef,
 };
 
 /// Labels of the unpriced families: positions in [`LABELS`].
 const UNPRICED: [usize; 3] = [0, 2, 3];
-/// `gen_ai_token_type` values of the cost families.
-pub const TOKEN_TYPES: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
+pub use crate::metrics::genai::TOKEN_TYPES;
 
 pub struct CostMetrics {
     cost: CounterVec,
@@ -75,6 +75,17 @@ impl CostMetrics {
                 &unpriced_labels,
             ),
             guard: CardinalityGuard::new(max_label_sets),
+        }
+    }
+
+    /// Removes the cost series of these (deleted) pods. The unpriced families carry no
+    /// workload labels, so they have nothing per pod.
+    pub fn forget_pods(&mut self, pods: &[PodRef]) {
+        let sets = self
+            .guard
+            .forget(|values| belongs_to(values.get(WORKLOAD_AT..).unwrap_or(&[]), pods));
+        for family in [&self.cost, &self.server_cost] {
+            remove_series(family, &sets, &TOKEN_TYPES);
         }
     }
 
@@ -137,5 +148,9 @@ impl CostMetrics {
 impl crate::exchanges::RecordSink for CostMetrics {
     fn record(&mut self, record: &ExchangeRecord) {
         CostMetrics::record(self, record);
+    }
+
+    fn forget_pods(&mut self, pods: &[PodRef]) {
+        CostMetrics::forget_pods(self, pods);
     }
 }

@@ -496,7 +496,7 @@ fn metrics_names_and_labels() {
     m.record(&failed);
     let text = scrape(&registry);
     let labels = "error_type=\"\",gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o\",gen_ai_response_model=\"gpt-4o-2024-08-06\"";
-    let tail = ",process_executable_name=\"python3\",server_address=\"api.example.com\",server_port=\"443\"";
+    let tail = ",k8s_container_name=\"\",k8s_namespace_name=\"\",k8s_pod_name=\"\",k8s_workload_kind=\"\",k8s_workload_name=\"\",process_executable_name=\"python3\",server_address=\"api.example.com\",server_port=\"443\",service_name=\"\"";
     for (kind, usd) in [("input", "1.5"), ("cache_read", "0.5"), ("output", "1")] {
         let line =
             format!("tokentap_cost_usd_total{{{labels},gen_ai_token_type=\"{kind}\"{tail}}} {usd}");

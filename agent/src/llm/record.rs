@@ -74,6 +74,14 @@ pub struct ExchangeRecord {
     pub pid: u32,
     pub executable: String,
     pub container_id: Option<String>,
+    /// `service.name`: the process's `OTEL_SERVICE_NAME`, else its Kubernetes workload's name,
+    /// else its systemd unit, else its executable (set after the LLM stage).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service_name: String,
+    /// The pod and workload the process runs in; `None` off Kubernetes or when the pod is not
+    /// (yet) known (the field is absent then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sWorkload>,
     /// The request's W3C `traceparent` header (validated), so a span can join the caller's
     /// trace.
     pub traceparent: Option<String>,
@@ -84,6 +92,20 @@ pub struct ExchangeRecord {
     pub anomalies: Vec<String>,
     /// Prompt and completion text, only with `--capture-content`, truncated and redacted.
     pub content: Option<Content>,
+}
+
+/// Where a process runs on Kubernetes: its pod, container and the workload that owns the pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct K8sWorkload {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The owning workload's name: the Deployment, StatefulSet, DaemonSet, CronJob, Job, or
+    /// the pod itself for a bare pod.
+    pub workload_name: String,
+    /// `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`, `Pod`, or
+    /// the kind of another controller.
+    pub workload_kind: String,
 }
 
 /// Cost of one call in USD, by token type, and the price entry used.

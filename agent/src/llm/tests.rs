@@ -46,6 +46,7 @@ fn ctx() -> ProcessContext {
         pid: 4242,
         executable: "python3.12".into(),
         container_id: Some("3f0a1b2c4d5e".into()),
+        ..ProcessContext::default()
     }
 }
 

@@ -43,6 +43,10 @@ pub struct ProcessContext {
     pub pid: u32,
     pub executable: String,
     pub container_id: Option<String>,
+    /// The process's `OTEL_SERVICE_NAME` (nothing else of its environment is kept).
+    pub service_name_env: Option<String>,
+    /// The systemd unit whose cgroup holds the process (`nginx` for `nginx.service`).
+    pub systemd_unit: Option<String>,
 }
 
 /// Bounds on what the tracker keeps.

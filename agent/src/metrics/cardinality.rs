@@ -64,6 +64,16 @@ impl CardinalityGuard {
         values
     }
 
+    /// Forgets the admitted sets `matches` selects (their series are being removed), freeing
+    /// their place under the cap; returns them.
+    pub fn forget(&mut self, matches: impl Fn(&[String]) -> bool) -> Vec<Vec<String>> {
+        let gone: Vec<Vec<String>> = self.seen.iter().filter(|s| matches(s)).cloned().collect();
+        for set in &gone {
+            self.seen.remove(set);
+        }
+        gone
+    }
+
     /// Label sets folded into `_OTHER` so far.
     pub fn overflowed(&self) -> u64 {
         self.overflowed
@@ -101,6 +111,15 @@ mod tests {
         assert_eq!(guard.admit(set("a", "h"), &[1]), set("a", "h"));
         assert_eq!(guard.admit(set("b", "h"), &[1]), set(OTHER, "h"));
         assert_eq!(guard.admit(set("a", "h"), &[1]), set("a", "h"));
+    }
+
+    #[test]
+    fn forgotten_sets_free_the_budget() {
+        let mut guard = CardinalityGuard::new(1);
+        assert_eq!(guard.admit(set("a", "h"), &[1]), set("a", "h"));
+        assert_eq!(guard.forget(|s| s[1] == "a"), [set("a", "h")]);
+        assert_eq!(guard.distinct(), 0);
+        assert_eq!(guard.admit(set("b", "h"), &[1]), set("b", "h"));
     }
 
     #[test]

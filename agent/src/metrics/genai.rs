@@ -15,12 +15,18 @@
 //! Unknown values are never observed as zero: a histogram gets no observation for an unknown
 //! token count or duration.
 
+use std::collections::BTreeSet;
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    core::{MetricVec, MetricVecBuilder},
 };
 
 use super::cardinality::{CardinalityGuard, sanitize_label_value};
-use crate::llm::{ExchangeRecord, RoleName};
+use crate::{
+    llm::{ExchangeRecord, RoleName},
+    workload::PodRef,
+};
 
 /// The convention's buckets for durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -52,8 +58,19 @@ pub const SERVER_TPOT_BUCKETS: [f64; 13] = [
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
 
+/// Workload identity labels, at the end of [`LABELS`] (and of the anomaly family's labels):
+/// empty off Kubernetes, except `service_name`.
+pub const WORKLOAD_LABELS: [&str; 6] = [
+    "k8s_namespace_name",
+    "k8s_pod_name",
+    "k8s_container_name",
+    "k8s_workload_name",
+    "k8s_workload_kind",
+    "service_name",
+];
+
 /// Labels on every family, in this order.
-pub const LABELS: [&str; 8] = [
+pub const LABELS: [&str; 14] = [
     "gen_ai_provider_name",
     "gen_ai_operation_name",
     "gen_ai_request_model",
@@ -62,15 +79,76 @@ pub const LABELS: [&str; 8] = [
     "server_port",
     "error_type",
     "process_executable_name",
+    WORKLOAD_LABELS[0],
+    WORKLOAD_LABELS[1],
+    WORKLOAD_LABELS[2],
+    WORKLOAD_LABELS[3],
+    WORKLOAD_LABELS[4],
+    WORKLOAD_LABELS[5],
 ];
+/// Where [`WORKLOAD_LABELS`] start in [`LABELS`].
+pub const WORKLOAD_AT: usize = 8;
 /// Positions in [`LABELS`] whose values come from traffic (provider, models, host, port, error
-/// codes) or from whatever a local user runs (the executable).
-pub const UNTRUSTED: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+/// codes), from whatever a local user runs (the executable, `OTEL_SERVICE_NAME`), or churn
+/// without bound (pod names, until their series expire).
+pub const UNTRUSTED: [usize; 13] = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+
+/// The values of [`WORKLOAD_LABELS`] for a record, sanitised.
+pub fn workload_label_values(r: &ExchangeRecord) -> [String; 6] {
+    let k8s = r.k8s.clone().unwrap_or_default();
+    [
+        k8s.namespace,
+        k8s.pod,
+        k8s.container,
+        k8s.workload_name,
+        k8s.workload_kind,
+        r.service_name.clone(),
+    ]
+    .map(|v| sanitize_label_value(&v))
+}
+
+/// Whether a label set (its values from [`WORKLOAD_AT`] on being the workload's) belongs to one
+/// of `pods`.
+pub fn belongs_to(workload_values: &[String], pods: &[PodRef]) -> bool {
+    let (Some(namespace), Some(pod)) = (workload_values.first(), workload_values.get(1)) else {
+        return false;
+    };
+    !pod.is_empty()
+        && pods.iter().any(|p| {
+            sanitize_label_value(&p.namespace) == *namespace
+                && sanitize_label_value(&p.name) == *pod
+        })
+}
+
+/// Removes a family's series for each of `sets`, one per value of the extra label when it has
+/// one (a series that was never created is no error).
+pub fn remove_series<T: MetricVecBuilder>(
+    family: &MetricVec<T>,
+    sets: &[Vec<String>],
+    extra: &[&str],
+) {
+    for set in sets {
+        let mut values: Vec<&str> = set.iter().map(String::as_str).collect();
+        if extra.is_empty() {
+            let _ = family.remove_label_values(&values);
+            continue;
+        }
+        values.push("");
+        let last = values.len() - 1;
+        for e in extra {
+            values[last] = e;
+            let _ = family.remove_label_values(&values);
+        }
+    }
+}
+
+/// The `gen_ai_token_type` values.
+pub const TOKEN_TYPES: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
 
 /// The values of [`LABELS`] for a record, sanitised (before the cardinality guard). Every
 /// family keyed by the standard labels builds them here.
 pub fn label_values(r: &ExchangeRecord) -> Vec<String> {
-    vec![
+    let mut values = vec![
         sanitize_label_value(&r.provider),
         sanitize_label_value(&r.operation),
         sanitize_label_value(r.request_model.as_deref().unwrap_or("")),
@@ -83,7 +161,9 @@ pub fn label_values(r: &ExchangeRecord) -> Vec<String> {
         },
         sanitize_label_value(r.error_type.as_deref().unwrap_or("")),
         sanitize_label_value(&r.executable),
-    ]
+    ];
+    values.extend(workload_label_values(r));
+    values
 }
 
 /// The status label: a real HTTP status, or `_OTHER`, so a hostile server cannot mint
@@ -113,6 +193,8 @@ pub struct GenAiMetrics {
     overflow_total: IntCounter,
     label_sets: IntGauge,
     guard: CardinalityGuard,
+    /// `http_response_status_code` values used (at most ~500), to find a pod's series.
+    statuses: BTreeSet<String>,
 }
 
 fn with(labels: &[&'static str], extra: &'static str) -> Vec<&'static str> {
@@ -239,7 +321,37 @@ impl GenAiMetrics {
             overflow_total,
             label_sets,
             guard: CardinalityGuard::new(max_label_sets),
+            statuses: BTreeSet::new(),
         }
+    }
+
+    /// Removes every series of these (deleted) pods and frees their share of the label budget.
+    pub fn forget_pods(&mut self, pods: &[PodRef]) {
+        let sets = self
+            .guard
+            .forget(|values| belongs_to(values.get(WORKLOAD_AT..).unwrap_or(&[]), pods));
+        if sets.is_empty() {
+            return;
+        }
+        let statuses: Vec<&str> = self.statuses.iter().map(String::as_str).collect();
+        for family in [
+            &self.client_duration,
+            &self.client_ttfc,
+            &self.client_tpoc,
+            &self.server_duration,
+            &self.server_ttft,
+            &self.server_tpot,
+        ] {
+            remove_series(family, &sets, &[]);
+        }
+        remove_series(&self.client_tokens, &sets, &TOKEN_TYPES);
+        for family in [&self.tokens_total, &self.server_tokens_total] {
+            remove_series(family, &sets, &TOKEN_TYPES);
+        }
+        for family in [&self.requests_total, &self.server_requests_total] {
+            remove_series(family, &sets, &statuses);
+        }
+        self.label_sets.set(self.guard.distinct() as i64);
     }
 
     /// The label values for a record, sanitised and admitted by the cardinality guard.
@@ -258,6 +370,9 @@ impl GenAiMetrics {
         let values = self.labels(r);
         let base: Vec<&str> = values.iter().map(String::as_str).collect();
         let status = status_label(r.http_status);
+        if !self.statuses.contains(&status) {
+            self.statuses.insert(status.clone());
+        }
         let mut with_extra = base.clone();
         with_extra.push("");
         let last = with_extra.len() - 1;
@@ -360,6 +475,14 @@ mod tests {
             time_per_output_chunk_s: vec![0.01, 0.02],
             duration_s: Some(1.5),
             executable: "python3.11".into(),
+            service_name: "checkout".into(),
+            k8s: Some(crate::llm::K8sWorkload {
+                namespace: "shop".into(),
+                pod: "checkout-7d9f8c6b5-x2x4q".into(),
+                container: "app".into(),
+                workload_name: "checkout".into(),
+                workload_kind: "Deployment".into(),
+            }),
             ..ExchangeRecord::default()
         }
     }
@@ -390,7 +513,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
-        let tail = ",process_executable_name=\"python3.11\",server_address=\"api.openai.com\",server_port=\"443\"";
+        let tail = ",k8s_container_name=\"app\",k8s_namespace_name=\"shop\",k8s_pod_name=\"checkout-7d9f8c6b5-x2x4q\",k8s_workload_kind=\"Deployment\",k8s_workload_name=\"checkout\",process_executable_name=\"python3.11\",server_address=\"api.openai.com\",server_port=\"443\",service_name=\"checkout\"";
         assert!(
             text.contains(&format!(
                 "gen_ai_client_operation_duration_seconds_bucket{{{LABELSET}{tail},le=\"81.92\"}} 1"
@@ -453,6 +576,70 @@ mod tests {
             "missing values are empty strings"
         );
         assert!(text.contains("error_type=\"stream_interrupted\""));
+    }
+
+    fn pod(i: usize) -> PodRef {
+        PodRef {
+            namespace: "shop".into(),
+            name: format!("checkout-{i}"),
+        }
+    }
+
+    fn series(text: &str) -> usize {
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    }
+
+    #[test]
+    fn a_deleted_pods_series_are_removed_and_its_budget_freed() {
+        let registry = Registry::new();
+        let mut m = GenAiMetrics::new(&registry, 10);
+        let mut other = record();
+        other.k8s = None;
+        m.record(&other);
+        let alone = series(&scrape(&registry));
+        for i in 0..2 {
+            let mut r = record();
+            if let Some(k8s) = r.k8s.as_mut() {
+                k8s.pod = pod(i).name;
+            }
+            m.record(&r);
+            r.role = Some(RoleName::Server);
+            r.http_status = Some(503);
+            m.record(&r);
+        }
+        m.forget_pods(&[pod(0), pod(1)]);
+        let text = scrape(&registry);
+        assert!(!text.contains("k8s_pod_name=\"checkout-"), "{text}");
+        assert_eq!(
+            series(&text),
+            alone,
+            "only the pod-less series remain\n{text}"
+        );
+        assert!(text.contains("tokentap_metric_label_sets 1"), "{text}");
+    }
+
+    #[test]
+    fn churning_ten_thousand_pods_stays_bounded() {
+        let registry = Registry::new();
+        let mut m = GenAiMetrics::new(&registry, DEFAULT_MAX_LABEL_SETS);
+        for i in 0..10_000 {
+            let mut r = record();
+            if let Some(k8s) = r.k8s.as_mut() {
+                k8s.pod = pod(i).name;
+            }
+            m.record(&r);
+            // Pods are deleted and expire in batches, as the index hands them over.
+            if i % 100 == 99 {
+                m.forget_pods(&(i - 99..=i).map(pod).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(m.guard.distinct(), 0);
+        assert_eq!(
+            series(&scrape(&registry)),
+            2,
+            "label_sets and overflow remain"
+        );
+        assert_eq!(m.overflow_total.get(), 0, "no pod was folded into _OTHER");
     }
 
     #[test]

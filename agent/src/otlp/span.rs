@@ -40,6 +40,29 @@ pub mod attr {
     pub const PROCESS_PID: &str = "process.pid";
     pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
     pub const CONTAINER_ID: &str = "container.id";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+    pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
+    pub const K8S_DEPLOYMENT_NAME: &str = "k8s.deployment.name";
+    pub const K8S_REPLICASET_NAME: &str = "k8s.replicaset.name";
+    pub const K8S_STATEFULSET_NAME: &str = "k8s.statefulset.name";
+    pub const K8S_DAEMONSET_NAME: &str = "k8s.daemonset.name";
+    pub const K8S_JOB_NAME: &str = "k8s.job.name";
+    pub const K8S_CRONJOB_NAME: &str = "k8s.cronjob.name";
+}
+
+/// The OTel resource attribute naming a workload of `kind`, for the kinds the conventions
+/// define.
+pub fn workload_attribute(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" => attr::K8S_DEPLOYMENT_NAME,
+        "ReplicaSet" => attr::K8S_REPLICASET_NAME,
+        "StatefulSet" => attr::K8S_STATEFULSET_NAME,
+        "DaemonSet" => attr::K8S_DAEMONSET_NAME,
+        "Job" => attr::K8S_JOB_NAME,
+        "CronJob" => attr::K8S_CRONJOB_NAME,
+        _ => return None,
+    })
 }
 
 /// The workload a record came from, as resource attributes. The seam for richer workload
@@ -48,17 +71,18 @@ pub trait WorkloadResource: Send {
     fn attributes(&mut self, record: &ExchangeRecord) -> Vec<KeyValue>;
 }
 
-/// What `/proc` says: the executable names the service.
+/// The record's process and workload: `service.name` (the record's service name), the
+/// process, the container, and the pod and workload (`k8s.*`) when known.
 #[derive(Default)]
 pub struct ProcessResource;
 
 impl WorkloadResource for ProcessResource {
     fn attributes(&mut self, record: &ExchangeRecord) -> Vec<KeyValue> {
-        let service = if record.executable.is_empty() {
-            "unknown_service".to_owned()
-        } else {
-            record.executable.clone()
-        };
+        let service = [&record.service_name, &record.executable]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "unknown_service".to_owned());
         let mut attrs = vec![
             KeyValue::new(attr::SERVICE_NAME, Value::String(service)),
             KeyValue::new(attr::PROCESS_PID, Value::Int(i64::from(record.pid))),
@@ -69,6 +93,19 @@ impl WorkloadResource for ProcessResource {
         ];
         if let Some(id) = &record.container_id {
             attrs.push(KeyValue::new(attr::CONTAINER_ID, Value::String(id.clone())));
+        }
+        if let Some(k8s) = &record.k8s {
+            let mut put = |key: &'static str, value: &str| {
+                if !value.is_empty() {
+                    attrs.push(KeyValue::new(key, Value::String(value.to_owned())));
+                }
+            };
+            put(attr::K8S_NAMESPACE_NAME, &k8s.namespace);
+            put(attr::K8S_POD_NAME, &k8s.pod);
+            put(attr::K8S_CONTAINER_NAME, &k8s.container);
+            if let Some(key) = workload_attribute(&k8s.workload_kind) {
+                put(key, &k8s.workload_name);
+            }
         }
         attrs
     }
@@ -219,6 +256,8 @@ pub fn span_of(record: &ExchangeRecord, ids: &mut IdGenerator) -> Span {
         pid: _,
         executable: _,
         container_id: _,
+        service_name: _,
+        k8s: _,
         traceparent,
         cost,
         anomalies,
