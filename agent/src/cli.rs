@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::probes::ProbeConfig;
 
@@ -106,6 +106,29 @@ pub struct CaptureOptions {
     /// `http://127.0.0.1:4318` (the `/v1/traces` path is added when absent; http only).
     #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Label calls with their pod and workload from the Kubernetes API (this node's pods):
+    /// `auto` when running in a cluster (KUBERNETES_SERVICE_HOST and a service account token).
+    #[arg(long, global = true, value_enum, default_value_t = KubernetesMode::Auto, value_name = "MODE")]
+    pub kubernetes: KubernetesMode,
+    /// This node's name: only its pods are watched (a DaemonSet passes it from `spec.nodeName`).
+    #[arg(long, global = true, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Seconds after a pod's deletion its metric series are removed.
+    #[arg(long, global = true, default_value_t = 300, value_name = "SECONDS")]
+    pub pod_series_ttl: u64,
+    /// The Kubernetes API server, overriding the in-cluster address, e.g. a test server at
+    /// `http://127.0.0.1:8001` (http sends no token; https uses the service account's).
+    #[arg(long, global = true, value_name = "URL")]
+    pub kubernetes_api: Option<String>,
+}
+
+/// Whether workload identity uses the Kubernetes API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    Auto,
+    On,
+    Off,
 }
 
 impl CaptureOptions {
@@ -136,6 +159,17 @@ impl CaptureOptions {
         }
         if self.max_label_sets == 0 {
             return Err("--max-label-sets must be at least 1".into());
+        }
+        if let Some(node) = &self.node_name
+            && !crate::workload::api::valid_node_name(node)
+        {
+            return Err(format!(
+                "--node-name {node:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.')"
+            ));
+        }
+        if let Some(url) = &self.kubernetes_api {
+            crate::workload::api::ApiUrl::parse(url)
+                .map_err(|e| format!("--kubernetes-api {url}: {e}"))?;
         }
         Ok(())
     }

@@ -12,6 +12,10 @@
 //! max_label_sets = 2000
 //! pricing = "/etc/tokentap/prices.toml"   # like --pricing FILE
 //! otlp_endpoint = "http://127.0.0.1:4318"
+//! kubernetes = "auto"                      # auto, on or off
+//! node_name = "node-1"                     # usually the NODE_NAME environment variable
+//! pod_series_ttl = 300
+//! kubernetes_api = "https://10.96.0.1:443" # overrides the in-cluster address
 //!
 //! log_exchanges = "/var/log/tokentap/exchanges.jsonl"   # or "-" for stdout
 //! log_max_bytes = 67108864
@@ -54,6 +58,10 @@ pub struct FileConfig {
     /// `capture_content = true`, or a `[capture_content]` table.
     pub capture_content: Option<CaptureContent>,
     pub content_max_bytes: Option<usize>,
+    pub kubernetes: Option<crate::cli::KubernetesMode>,
+    pub node_name: Option<String>,
+    pub pod_series_ttl: Option<u64>,
+    pub kubernetes_api: Option<String>,
     #[serde(default)]
     pub providers: BTreeMap<String, String>,
 }
@@ -138,6 +146,18 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
     take!(log_max_bytes, "log_max_bytes");
     take!(log_files, "log_files");
     take!(content_max_bytes, "content_max_bytes");
+    take!(kubernetes, "kubernetes");
+    take!(pod_series_ttl, "pod_series_ttl");
+    if let Some(node) = file.node_name
+        && defaulted(matches, "node_name")
+    {
+        c.node_name = Some(node);
+    }
+    if let Some(url) = file.kubernetes_api
+        && defaulted(matches, "kubernetes_api")
+    {
+        c.kubernetes_api = Some(url);
+    }
     if let Some(path) = file.log_exchanges
         && defaulted(matches, "log_exchanges")
     {
@@ -244,6 +264,20 @@ mod tests {
             "pricing = \"/etc/p.toml\"\n",
         );
         assert_eq!(cli.capture.pricing, Some(PathBuf::from("/p.toml")));
+    }
+
+    #[test]
+    fn kubernetes_settings_from_the_file() {
+        let file = "kubernetes = \"on\"\nnode_name = \"node-1\"\npod_series_ttl = 5\nkubernetes_api = \"http://127.0.0.1:1\"\n";
+        let cli = parse(&["tokentap", "--pod-series-ttl", "9"], file);
+        assert_eq!(cli.capture.kubernetes, crate::cli::KubernetesMode::On);
+        assert_eq!(cli.capture.node_name.as_deref(), Some("node-1"));
+        assert_eq!(cli.capture.pod_series_ttl, 9);
+        assert_eq!(
+            cli.capture.kubernetes_api.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert!(FileConfig::parse("kubernetes = \"maybe\"\n").is_err());
     }
 
     #[test]

@@ -85,8 +85,11 @@ fn main() -> ExitCode {
 /// The exchange stages with `sinks`, configured from the command line.
 fn exchange_sink(
     capture: &CaptureOptions,
+    registry: &prometheus::Registry,
     sinks: Vec<Box<dyn RecordSink + Send>>,
 ) -> anyhow::Result<ExchangeSink> {
+    let workloads =
+        tokentap::workload::api::start(capture, registry).map_err(anyhow::Error::msg)?;
     let providers = ProviderConfig::from_specs(&capture.providers)
         .map_err(|e| anyhow::anyhow!("--provider: {e}"))?;
     Ok(ExchangeSink::new(
@@ -95,6 +98,7 @@ fn exchange_sink(
         capture.proc_root.clone(),
         sinks,
     )
+    .with_workloads(workloads)
     .with_content_policy(capture.content_policy())
     .with_enricher(Box::new(AnomalyDetector::new())))
 }
@@ -157,7 +161,8 @@ async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Resul
     let stats = Stats::shared();
     sinks.push(Box::new(StatsSink::new(stats.clone())));
     log_and_anomaly_sinks(&capture, &registry, &mut sinks)?;
-    let sink = exchange_sink(&capture, sinks)?.with_enricher(pricer(&capture, &registry)?);
+    let sink =
+        exchange_sink(&capture, &registry, sinks)?.with_enricher(pricer(&capture, &registry)?);
     let ready = Arc::new(AtomicBool::new(false));
     let state = ServerState {
         registry,
@@ -228,7 +233,7 @@ async fn run_watch(capture: CaptureOptions, opts: WatchOptions) -> anyhow::Resul
     // No /metrics in watch: the exporter's counters go to a registry nobody reads.
     let otlp = otlp_exporter(&capture, &prometheus::Registry::new(), &mut sinks)?;
     log_and_anomaly_sinks(&capture, &prometheus::Registry::new(), &mut sinks)?;
-    let sink = exchange_sink(&capture, sinks)?
+    let sink = exchange_sink(&capture, &prometheus::Registry::new(), sinks)?
         .with_enricher(pricer(&capture, &prometheus::Registry::new())?);
     let mut runtime = Runtime::start(capture, sink, metrics)?;
     log::info!(

@@ -13,7 +13,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -30,9 +30,10 @@ use tokio::{
 };
 
 use super::{
-    SharedPods,
+    PodIndex, SharedPods, WorkloadResolver,
     pods::{ObjectMeta, Pod},
 };
+use crate::cli::{CaptureOptions, KubernetesMode};
 
 /// Where the service account's token and CA are mounted.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -224,7 +225,10 @@ impl ApiMetrics {
 
     fn failed(&self, e: &WatchError) {
         self.errors.with_label_values(&[e.reason()]).inc();
-        self.up.set(0);
+        // An expired version is the API answering, not failing.
+        if !matches!(e, WatchError::Expired) {
+            self.up.set(0);
+        }
     }
 }
 
@@ -521,6 +525,63 @@ where
         .await
         .map_err(|_| WatchError::Timeout)?
         .map_err(|e| WatchError::Stream(e.to_string()))
+}
+
+/// The API settings from the command line: `None` when workload identity stays off
+/// Kubernetes (`--kubernetes off`, or `auto` outside a cluster).
+pub fn config_from(capture: &CaptureOptions) -> Result<Option<ApiConfig>, String> {
+    let service_account = PathBuf::from(SERVICE_ACCOUNT_DIR);
+    let url = match &capture.kubernetes_api {
+        Some(url) => Some(ApiUrl::parse(url).map_err(|e| format!("--kubernetes-api {url}: {e}"))?),
+        None => ApiUrl::in_cluster(&service_account),
+    };
+    let url = match (capture.kubernetes, url) {
+        (KubernetesMode::Off, _) | (KubernetesMode::Auto, None) => return Ok(None),
+        (KubernetesMode::On, None) => {
+            return Err("--kubernetes on: not running in a cluster (no KUBERNETES_SERVICE_HOST or no service account token); give --kubernetes-api URL".into());
+        }
+        (_, Some(url)) => url,
+    };
+    if let Some(node) = &capture.node_name
+        && !valid_node_name(node)
+    {
+        return Err(format!(
+            "--node-name {node:?} is not a Kubernetes node name"
+        ));
+    }
+    let Some(node_name) = capture.node_name.clone() else {
+        if capture.kubernetes == KubernetesMode::On {
+            return Err("--kubernetes on needs this node's name: --node-name NAME or the NODE_NAME environment variable (from spec.nodeName)".into());
+        }
+        log::warn!(
+            "running in Kubernetes without NODE_NAME (or --node-name): pods are not resolved; set NODE_NAME from spec.nodeName"
+        );
+        return Ok(None);
+    };
+    Ok(Some(ApiConfig {
+        url,
+        node_name,
+        service_account,
+        timing: Timing::default(),
+    }))
+}
+
+/// Starts keeping a pod index current (when the command line asks for Kubernetes) and
+/// returns the resolver that reads it. Needs a Tokio runtime.
+pub fn start(capture: &CaptureOptions, registry: &Registry) -> Result<WorkloadResolver, String> {
+    let Some(config) = config_from(capture)? else {
+        return Ok(WorkloadResolver::default());
+    };
+    log::info!(
+        "resolving pods on node {} from the Kubernetes API at {}",
+        config.node_name,
+        config.url.authority()
+    );
+    let pods: SharedPods = Arc::new(Mutex::new(PodIndex::new(Duration::from_secs(
+        capture.pod_series_ttl,
+    ))));
+    tokio::spawn(run(config, pods.clone(), ApiMetrics::new(registry)));
+    Ok(WorkloadResolver::new(Some(pods)))
 }
 
 /// Whether a node name is safe to put in a query string (a DNS subdomain, as Kubernetes

@@ -9,6 +9,8 @@
 //! process's pod may reach the index after its first call.
 
 pub mod api;
+#[cfg(test)]
+mod fake_api_tests;
 pub mod pods;
 pub mod process;
 
