@@ -64,8 +64,22 @@ pub fn watch_line(r: &ExchangeRecord) -> String {
         (None, Some(e)) => clean(e),
         (None, None) => "-".into(),
     };
+    // Where the call came from: the pod and container on Kubernetes, the service when it is
+    // not just the executable's name.
+    let mut origin = String::new();
+    if let Some(k8s) = &r.k8s {
+        origin = format!(
+            " {}/{}:{}",
+            clean(&k8s.namespace),
+            clean(&k8s.pod),
+            clean(&k8s.container)
+        );
+    }
+    if !r.service_name.is_empty() && r.service_name != r.executable {
+        origin.push_str(&format!(" ({})", clean(&r.service_name)));
+    }
     format!(
-        "{time} {exe}[{pid}] {provider} {op} {model}{stream} in={inp} out={out} {cost} ttfc={ttfc} dur={dur} {status}",
+        "{time} {exe}[{pid}]{origin} {provider} {op} {model}{stream} in={inp} out={out} {cost} ttfc={ttfc} dur={dur} {status}",
         exe = clean(&r.executable),
         pid = r.pid,
         provider = clean(&r.provider),
@@ -140,6 +154,22 @@ mod tests {
         assert!(
             watch_line(&e)
                 .ends_with("in=? out=? $- ttfc=0.412s dur=1.830s 429 rate_limit_exceeded")
+        );
+        let mut pod = r.clone();
+        pod.service_name = "checkout".into();
+        pod.k8s = Some(crate::llm::K8sWorkload {
+            namespace: "shop".into(),
+            pod: "checkout-7d9f8c6b5-x2x4q".into(),
+            container: "app".into(),
+            workload_name: "checkout".into(),
+            workload_kind: "Deployment".into(),
+        });
+        assert!(
+            watch_line(&pod).contains(
+                " python3.11[4242] shop/checkout-7d9f8c6b5-x2x4q:app (checkout) openai chat "
+            ),
+            "{}",
+            watch_line(&pod)
         );
     }
 }
