@@ -53,6 +53,17 @@ const BASE_LABELS: [&str; 7] = [
     "error_type",
 ];
 
+/// The workload labels (every family has them too; empty off Kubernetes, checked by the
+/// Kubernetes test).
+pub const WORKLOAD_LABELS: [&str; 6] = [
+    "k8s_namespace_name",
+    "k8s_pod_name",
+    "k8s_container_name",
+    "k8s_workload_name",
+    "k8s_workload_kind",
+    "service_name",
+];
+
 /// Timing tolerance: 20 ms per observation plus 10 % of the client's value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tolerance {
@@ -137,7 +148,11 @@ struct Checker<'a> {
 fn short(name: &str, labels: &BTreeMap<String, String>) -> String {
     let extra: BTreeMap<String, String> = labels
         .iter()
-        .filter(|(k, _)| !BASE_LABELS.contains(&k.as_str()) && *k != "process_executable_name")
+        .filter(|(k, _)| {
+            !BASE_LABELS.contains(&k.as_str())
+                && !WORKLOAD_LABELS.contains(&k.as_str())
+                && *k != "process_executable_name"
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if extra.is_empty() {
@@ -157,7 +172,11 @@ impl Checker<'_> {
             .filter(|s| {
                 s.name == name
                     && labels.iter().all(|(k, v)| s.label(k) == v)
-                    && s.labels.len() == labels.len() + 1
+                    && s.labels
+                        .keys()
+                        .filter(|k| !WORKLOAD_LABELS.contains(&k.as_str()))
+                        .count()
+                        == labels.len() + 1
             })
             .collect();
         for s in &found {

@@ -1,3 +1,4 @@
+pub mod fake_kube;
 pub mod genai_check;
 pub mod harness;
 pub mod mock_provider;

@@ -103,8 +103,28 @@ pub fn run_sdk_client(
     mock: &MockProvider,
     only: &[&str],
 ) -> anyhow::Result<(SdkReport, f64)> {
+    run_sdk_client_in(python, mock, only, None)
+}
+
+/// [`run_sdk_client`], with the client first moved into the cgroup (v2) whose
+/// `cgroup.procs` is given: a shell writes its own pid there, then becomes the client.
+pub fn run_sdk_client_in(
+    python: &Path,
+    mock: &MockProvider,
+    only: &[&str],
+    cgroup_procs: Option<&Path>,
+) -> anyhow::Result<(SdkReport, f64)> {
     let started = Instant::now();
-    let mut cmd = Command::new(python);
+    let mut cmd = match cgroup_procs {
+        Some(procs) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                .arg(procs)
+                .arg(python);
+            sh
+        }
+        None => Command::new(python),
+    };
     cmd.arg(sdk_client_script())
         .args(["--port", &mock.port().to_string(), "--cafile"])
         .arg(mock.ca_file())
