@@ -236,7 +236,109 @@ impl StreamSink for ExchangeSink {
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use prometheus::{Encoder, Registry, TextEncoder};
+
     use super::*;
+    use crate::{
+        anomalies::AnomalyMetrics,
+        cost::CostMetrics,
+        llm::{Cost, K8sWorkload, Tokens},
+        workload::{PodIndex, pods::Pod},
+    };
+
+    fn pod_record() -> ExchangeRecord {
+        ExchangeRecord {
+            provider: "openai".into(),
+            operation: "chat".into(),
+            request_model: Some("gpt-4o".into()),
+            http_status: Some(200),
+            tokens: Tokens {
+                input: Some(10),
+                output: Some(5),
+                ..Tokens::default()
+            },
+            cost: Some(Cost {
+                total_usd: 0.1,
+                input_usd: 0.05,
+                output_usd: 0.05,
+                ..Cost::default()
+            }),
+            anomalies: vec!["truncated".into()],
+            duration_s: Some(0.5),
+            executable: "python3".into(),
+            service_name: "web".into(),
+            k8s: Some(K8sWorkload {
+                namespace: "ns".into(),
+                pod: "web-0".into(),
+                container: "main".into(),
+                workload_name: "web".into(),
+                workload_kind: "StatefulSet".into(),
+            }),
+            ..ExchangeRecord::default()
+        }
+    }
+
+    /// Every metric sink keyed by the workload labels drops a deleted pod's series, and the
+    /// exchange stage hands expired pods to its sinks when it evicts.
+    #[test]
+    fn expired_pods_leave_every_family() {
+        let registry = Registry::new();
+        let mut sinks: Vec<Box<dyn RecordSink + Send>> = vec![
+            Box::new(GenAiMetrics::new(&registry, 100)),
+            Box::new(CostMetrics::new(&registry, 100)),
+            Box::new(AnomalyMetrics::new(&registry, 100)),
+        ];
+        for sink in &mut sinks {
+            sink.record(&pod_record());
+        }
+        let scrape = || {
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut out)
+                .expect("encode");
+            String::from_utf8(out).expect("utf8")
+        };
+        for family in [
+            "gen_ai_client_operation_duration_seconds_count{",
+            "gen_ai_client_token_usage_count{",
+            "tokentap_tokens_total{",
+            "tokentap_requests_total{",
+            "tokentap_cost_usd_total{",
+            "tokentap_anomalies_total{",
+        ] {
+            assert!(
+                scrape()
+                    .lines()
+                    .any(|l| l.starts_with(family) && l.contains("k8s_pod_name=\"web-0\"")),
+                "{family}"
+            );
+        }
+        let pods = Arc::new(Mutex::new(PodIndex::new(Duration::ZERO)));
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "ns", "uid": "u"}
+        }))
+        .expect("pod");
+        if let Ok(mut index) = pods.lock() {
+            index.upsert(&pod);
+            index.delete("u", Instant::now());
+        }
+        let mut stage = ExchangeSink::new(
+            HttpConfig::default(),
+            ProviderConfig::default(),
+            PathBuf::from("/nonexistent"),
+            sinks,
+        )
+        .with_workloads(WorkloadResolver::new(Some(pods)));
+        StreamSink::evict_idle(&mut stage, 0, 1);
+        let text = scrape();
+        assert!(!text.contains("k8s_pod_name=\"web-0\""), "{text}");
+        assert!(text.contains("tokentap_metric_label_sets 0"), "{text}");
+    }
 
     #[test]
     fn container_ids_from_common_runtimes() {
