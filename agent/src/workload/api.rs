@@ -346,10 +346,16 @@ impl Client {
             self.config.node_name
         );
         loop {
-            // A watch that ends cleanly (the server's timeout) is resumed where it stopped.
+            // A watch that ends cleanly (the server's timeout) is resumed where it stopped;
+            // one that ends at once (a misbehaving proxy) does not make this loop spin.
+            let started = Instant::now();
             self.watch(&mut version, pods, metrics)
                 .await
                 .map_err(|e| (e, true))?;
+            let pause = self.config.timing.backoff_min;
+            if started.elapsed() < pause {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 

@@ -350,3 +350,128 @@ async fn resolver_follows_the_api_through_outages() {
     api.stop().await;
     let _ = std::fs::remove_dir_all(proc_root);
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: `(CA PEM, server config)`.
+fn tls_server_config() -> (String, rustls::ServerConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("server config");
+    (ca.pem(), config)
+}
+
+/// In-cluster mode: https verified with the service account's CA, the token sent and re-read
+/// for every connection (bound tokens rotate), a CA that does not verify counted as `tls`.
+#[tokio::test]
+async fn https_with_the_service_accounts_ca_and_rotating_token() {
+    let (ca_pem, server_config) = tls_server_config();
+    let (wrong_ca, _) = tls_server_config();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let server = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(sock).await else {
+                continue;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let body = if head.contains("watch=1") {
+                // One event, then the watch ends (the client resumes it on a new connection).
+                let line = format!(
+                    "{}\n",
+                    event("ADDED", pod("ub", "checkout-5f6d7c8b9-b", ID_B, "6"))
+                );
+                format!("{:x}\r\n{line}\r\n0\r\n\r\n", line.len())
+            } else {
+                let list = serde_json::json!({"kind": "PodList", "metadata": {"resourceVersion": "5"}, "items": []})
+                    .to_string();
+                format!("{:x}\r\n{list}\r\n0\r\n\r\n", list.len())
+            };
+            seen.lock().expect("lock").push(head);
+            let _ = tls
+                .write_all(
+                    format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}")
+                        .as_bytes(),
+                )
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    });
+
+    let account = std::env::temp_dir().join(format!("tokentap-sa-{}", std::process::id()));
+    std::fs::create_dir_all(&account).expect("dir");
+    std::fs::write(account.join("ca.crt"), &wrong_ca).expect("ca");
+    std::fs::write(account.join("token"), "token-one\n").expect("token");
+    let registry = Registry::new();
+    let pods: SharedPods = Arc::new(Mutex::new(PodIndex::new(Duration::from_secs(60))));
+    let config = ApiConfig {
+        url: ApiUrl::parse(&format!("https://127.0.0.1:{port}")).expect("url"),
+        node_name: NODE.into(),
+        service_account: account.clone(),
+        timing: Timing {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            ..Timing::default()
+        },
+    };
+    let client = tokio::spawn(run(config, pods.clone(), ApiMetrics::new(&registry)));
+    until("a CA that does not verify is counted", || {
+        metric(
+            &registry,
+            "tokentap_kubernetes_watch_errors_total{reason=\"tls\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(
+        heads.lock().expect("lock").is_empty(),
+        "nothing sent unverified"
+    );
+
+    std::fs::write(account.join("ca.crt"), &ca_pem).expect("ca");
+    until("the pod from the watch", || {
+        pods.lock().expect("lock").lookup(ID_B).is_some()
+    })
+    .await;
+    assert!(
+        heads.lock().expect("lock")[0].contains("authorization: Bearer token-one\r\n"),
+        "{:?}",
+        heads.lock().expect("lock")[0]
+    );
+    std::fs::write(account.join("token"), "token-two\n").expect("token");
+    until("the rotated token", || {
+        heads
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|h| h.contains("authorization: Bearer token-two\r\n"))
+    })
+    .await;
+    client.abort();
+    server.abort();
+    let _ = std::fs::remove_dir_all(account);
+}

@@ -173,6 +173,8 @@ pub struct PodIndex {
     ttl: Duration,
     pods: HashMap<String, Entry>,
     by_container: HashMap<String, String>,
+    /// Pods held per namespace and name (a StatefulSet's pod is recreated under its name).
+    by_name: HashMap<PodRef, usize>,
     /// Deleted pods' uids in deletion order.
     deleted: VecDeque<String>,
     /// Pods whose series are due for removal, until the metric sinks take them.
@@ -185,6 +187,7 @@ impl PodIndex {
             ttl,
             pods: HashMap::new(),
             by_container: HashMap::new(),
+            by_name: HashMap::new(),
             deleted: VecDeque::new(),
             expired: Vec::new(),
         }
@@ -217,13 +220,17 @@ impl PodIndex {
         for (id, _) in &containers {
             self.by_container.insert(id.clone(), meta.uid.clone());
         }
+        let name = PodRef {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+        };
+        if !self.pods.contains_key(&meta.uid) {
+            *self.by_name.entry(name.clone()).or_default() += 1;
+        }
         self.pods.insert(
             meta.uid.clone(),
             Entry {
-                meta: PodRef {
-                    namespace: meta.namespace.clone(),
-                    name: meta.name.clone(),
-                },
+                meta: name,
                 workload_kind,
                 workload_name,
                 containers,
@@ -323,8 +330,12 @@ impl PodIndex {
             return;
         };
         // A pod recreated under the same name (a StatefulSet's) shares the series: they stay.
-        let reused = self.pods.values().any(|e| e.meta == entry.meta);
-        if !reused {
+        let holders = self.by_name.get_mut(&entry.meta).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if holders.unwrap_or(0) == 0 {
+            self.by_name.remove(&entry.meta);
             self.expired.push(entry.meta);
         }
     }
@@ -537,6 +548,7 @@ mod tests {
         }
         assert_eq!(index.held(), MAX_DELETED);
         assert_eq!(index.by_container.len(), MAX_DELETED);
+        assert_eq!(index.by_name.len(), MAX_DELETED);
         assert_eq!(index.take_expired().len(), MAX_DELETED * 2);
     }
 }
