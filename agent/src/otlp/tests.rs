@@ -558,3 +558,46 @@ async fn a_refused_batch_is_not_retried_and_shutdown_flushes() {
         .expect("200 is success");
     let _ = ExporterMetrics::new(&registry);
 }
+
+#[test]
+fn resource_names_the_service_pod_and_workload() {
+    use super::span::{ProcessResource, WorkloadResource};
+    let mut r = record();
+    r.executable = "python3".into();
+    r.container_id = Some("abc".into());
+    r.service_name = "checkout".into();
+    r.k8s = Some(crate::llm::K8sWorkload {
+        namespace: "shop".into(),
+        pod: "checkout-7d9f8c6b5-x2x4q".into(),
+        container: "app".into(),
+        workload_name: "checkout".into(),
+        workload_kind: "Deployment".into(),
+    });
+    let attrs = ProcessResource.attributes(&r);
+    let get = |key: &str| {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.value.clone())
+    };
+    let s = |v: &str| Some(Value::String(v.into()));
+    assert_eq!(get(attr::SERVICE_NAME), s("checkout"));
+    assert_eq!(get(attr::K8S_NAMESPACE_NAME), s("shop"));
+    assert_eq!(get(attr::K8S_POD_NAME), s("checkout-7d9f8c6b5-x2x4q"));
+    assert_eq!(get(attr::K8S_CONTAINER_NAME), s("app"));
+    assert_eq!(get(attr::K8S_DEPLOYMENT_NAME), s("checkout"));
+    assert_eq!(get(attr::K8S_STATEFULSET_NAME), None);
+    assert_eq!(get(attr::CONTAINER_ID), s("abc"));
+    // Off Kubernetes: no k8s.* at all, and the service falls back to the executable.
+    r.k8s = None;
+    r.service_name.clear();
+    let attrs = ProcessResource.attributes(&r);
+    assert!(attrs.iter().all(|kv| !kv.key.starts_with("k8s.")));
+    assert_eq!(
+        attrs
+            .iter()
+            .find(|kv| kv.key == attr::SERVICE_NAME)
+            .map(|kv| kv.value.clone()),
+        s("python3")
+    );
+}
