@@ -149,6 +149,8 @@ pub enum WatchError {
     Connect(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot read the service account token: {0}")]
+    Credentials(std::io::Error),
     #[error("no answer in time")]
     Timeout,
     #[error("HTTP status {0}{hint}", hint = status_hint(*.0))]
@@ -174,6 +176,7 @@ impl WatchError {
         match self {
             Self::Connect(_) => "connect",
             Self::Tls(_) => "tls",
+            Self::Credentials(_) => "credentials",
             Self::Timeout => "timeout",
             Self::Status(_) => "http_status",
             Self::Decode(_) => "decode",
@@ -206,7 +209,7 @@ impl ApiMetrics {
         let errors = IntCounterVec::new(
             Opts::new(
                 "tokentap_kubernetes_watch_errors_total",
-                "Failed lists and watches of this node's pods, by reason (connect, tls, timeout, http_status, decode, expired, stream).",
+                "Failed lists and watches of this node's pods, by reason (connect, tls, credentials, timeout, http_status, decode, expired, stream).",
             ),
             &["reason"],
         )
@@ -459,9 +462,7 @@ impl Client {
             .map_err(WatchError::Connect)?;
         let response = if url.https {
             let token = std::fs::read_to_string(self.config.service_account.join("token"))
-                .map_err(|e| {
-                    WatchError::Tls(format!("cannot read the service account token: {e}"))
-                })?;
+                .map_err(WatchError::Credentials)?;
             request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
             let tls = timeout(connect, self.tls(tcp))
                 .await
@@ -642,6 +643,46 @@ mod tests {
         let other = br#"{"type":"ERROR","object":{"kind":"Status","code":500}}"#;
         assert!(matches!(decode_event(other), Err(WatchError::Status(500))));
         assert!(matches!(decode_event(b"{"), Err(WatchError::Decode(_))));
+    }
+
+    fn capture(args: &[&str]) -> CaptureOptions {
+        let mut all = vec!["tokentap"];
+        all.extend(args);
+        <crate::cli::Cli as clap::Parser>::try_parse_from(all)
+            .expect("parses")
+            .capture
+    }
+
+    #[test]
+    fn when_the_api_is_used() {
+        let api = ["--kubernetes-api", "http://127.0.0.1:8001"];
+        assert!(
+            config_from(&capture(&["--kubernetes", "off"]))
+                .expect("ok")
+                .is_none()
+        );
+        if std::env::var_os("NODE_NAME").is_none() {
+            let on = config_from(&capture(&["--kubernetes", "on", api[0], api[1]]));
+            assert!(on.expect_err("no node").contains("--node-name"));
+        }
+        let got = config_from(&capture(&[api[0], api[1], "--node-name", "node-1"]))
+            .expect("ok")
+            .expect("an explicit address turns auto on");
+        assert_eq!((got.url.port, got.node_name.as_str()), (8001, "node-1"));
+        let bad = config_from(&capture(&[api[0], api[1], "--node-name", "a&b"]));
+        assert!(bad.expect_err("bad node").contains("--node-name"));
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+            assert!(
+                config_from(&capture(&[])).expect("ok").is_none(),
+                "auto, off-cluster"
+            );
+            let off_cluster = config_from(&capture(&["--kubernetes", "on", "--node-name", "n"]));
+            assert!(
+                off_cluster
+                    .expect_err("not in a cluster")
+                    .contains("--kubernetes-api")
+            );
+        }
     }
 
     #[test]
