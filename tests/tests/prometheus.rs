@@ -58,7 +58,8 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
         PrometheusServer::start(&addr, &rules_file()).expect("start Debian's prometheus");
 
     let (report, _) = run_sdk_client(&python, &mock, &[]).expect("the SDK client runs");
-    let exe = &report.executable;
+    // The label is the executable's file name (the report has its full path).
+    let exe = report.executable.rsplit('/').next().unwrap_or_default();
 
     // Ground truth per requested model: calls, and tokens of each type where the SDK saw the
     // count in every call of that model (a stream without usage has none to compare).
@@ -93,9 +94,10 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(
-        stored_calls, want_calls,
-        "calls stored in Prometheus vs calls the SDKs made\n{}",
-        prometheus.log()
+        stored_calls,
+        want_calls,
+        "calls stored in Prometheus vs calls the SDKs made; by executable: {:?}",
+        prometheus.query("sum by (process_executable_name) (tokentap_requests_total)")
     );
 
     let mut problems = Vec::new();
