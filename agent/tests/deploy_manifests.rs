@@ -29,10 +29,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e == "yaml" || e == "yml")
-            {
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 out.push(path);
             }
         }
@@ -106,11 +103,13 @@ fn exec_form(line: &str, instruction: &str) -> Option<Vec<String>> {
 }
 
 fn image() -> Image {
-    let text = fs::read_to_string(repo_root().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    let text =
+        fs::read_to_string(repo_root().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    // The last ENTRYPOINT is the image's.
     let entrypoint = text
         .lines()
-        .filter_map(|l| exec_form(l, "ENTRYPOINT"))
-        .last()
+        .rev()
+        .find_map(|l| exec_form(l, "ENTRYPOINT"))
         .expect("the Dockerfile has an exec-form ENTRYPOINT");
     Image { entrypoint }
 }
@@ -146,7 +145,11 @@ fn every_container_command_line_is_accepted_by_the_agent() {
     let mut checked = Vec::new();
     let mut failures = Vec::new();
     for file in &files {
-        let rel = file.strip_prefix(repo_root()).unwrap_or(file).display().to_string();
+        let rel = file
+            .strip_prefix(repo_root())
+            .unwrap_or(file)
+            .display()
+            .to_string();
         for doc in load(file) {
             for path in command_line_json_patches(&doc) {
                 failures.push(format!(
@@ -221,14 +224,22 @@ fn daemonset_ports_probes_and_node_name_agree() {
         .flatten()
         .find(|p| p["name"].as_str() == Some("metrics"))
         .and_then(|p| p["containerPort"].as_i64());
-    assert_eq!(metrics_port, Some(listen_port), "containerPort `metrics` = --listen port");
+    assert_eq!(
+        metrics_port,
+        Some(listen_port),
+        "containerPort `metrics` = --listen port"
+    );
     assert_eq!(
         pod["metadata"]["annotations"]["prometheus.io/port"].as_str(),
         Some(listen_port.to_string().as_str())
     );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
-        assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("metrics"), "{probe}");
+        assert_eq!(
+            c[probe]["httpGet"]["port"].as_str(),
+            Some("metrics"),
+            "{probe}"
+        );
     }
     let node_name = c["env"]
         .as_vec()
@@ -247,7 +258,12 @@ fn daemonset_ports_probes_and_node_name_agree() {
         .into_iter()
         .flatten()
         .find(|m| m["mountPath"].as_str() == cli.capture.proc_root.to_str())
-        .unwrap_or_else(|| panic!("no volume mounted at --proc-root {:?}", cli.capture.proc_root));
+        .unwrap_or_else(|| {
+            panic!(
+                "no volume mounted at --proc-root {:?}",
+                cli.capture.proc_root
+            )
+        });
     assert_eq!(proc_mount["readOnly"].as_bool(), Some(true));
     let service = &load(&repo_root().join("deploy/kubernetes/base/service.yaml"))[0];
     assert_eq!(
@@ -291,12 +307,18 @@ fn dockerfile_stages_and_paths_exist() {
                 let (dest, sources) = paths.split_last().expect("COPY has a destination");
                 match from {
                     Some(stage) => {
-                        assert!(stages.iter().any(|s| s == stage), "COPY --from={stage}: no such stage");
+                        assert!(
+                            stages.iter().any(|s| s == stage),
+                            "COPY --from={stage}: no such stage"
+                        );
                         copied_to.push((*dest).to_owned());
                     }
                     None => {
                         for src in sources {
-                            assert!(root.join(src).exists(), "COPY {src}: missing in the repository");
+                            assert!(
+                                root.join(src).exists(),
+                                "COPY {src}: missing in the repository"
+                            );
                             let top = src.trim_end_matches('/');
                             assert!(
                                 !ignored.iter().any(|i| i == top),
@@ -316,6 +338,9 @@ fn dockerfile_stages_and_paths_exist() {
         "the runtime stage copies the binary to the ENTRYPOINT {entry}: {copied_to:?}"
     );
     for needed in ["target", ".git"] {
-        assert!(ignored.iter().any(|i| i == needed), ".dockerignore keeps {needed} out of the context");
+        assert!(
+            ignored.iter().any(|i| i == needed),
+            ".dockerignore keeps {needed} out of the context"
+        );
     }
 }

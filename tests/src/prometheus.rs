@@ -61,7 +61,12 @@ pub fn dashboard_queries(dashboard: &str) -> anyhow::Result<Vec<DashboardQuery>>
             Value::Array(a) => stack.extend(a.iter().rev()),
             Value::Object(o) => {
                 let panel = o.get("title").and_then(Value::as_str).unwrap_or("?");
-                for t in o.get("targets").and_then(Value::as_array).into_iter().flatten() {
+                for t in o
+                    .get("targets")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let Some(expr) = t.get("expr").and_then(Value::as_str) else {
                         continue;
                     };
@@ -143,8 +148,14 @@ impl PrometheusServer {
         let addr = format!("127.0.0.1:{}", free_loopback_port()?);
         let log = fs::File::create(dir.join("prometheus.log"))?;
         let child = Command::new(bin)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -177,13 +188,20 @@ impl PrometheusServer {
         let json: Value = serde_json::from_str(&body)
             .with_context(|| format!("{path}: HTTP {status}, not JSON: {body}"))?;
         if json["status"] != "success" {
-            bail!("{path}: HTTP {status}: {} {}", json["errorType"], json["error"]);
+            bail!(
+                "{path}: HTTP {status}: {} {}",
+                json["errorType"],
+                json["error"]
+            );
         }
         Ok(json["data"].clone())
     }
 
     /// An instant query; its vector's samples as (labels, value).
-    pub fn query(&self, promql: &str) -> anyhow::Result<Vec<(serde_json::Map<String, Value>, f64)>> {
+    pub fn query(
+        &self,
+        promql: &str,
+    ) -> anyhow::Result<Vec<(serde_json::Map<String, Value>, f64)>> {
         let data = self.api(&format!("query?query={}", percent_encode(promql)))?;
         let result = match data["resultType"].as_str() {
             Some("vector") => data["result"].as_array().cloned().unwrap_or_default(),
@@ -271,7 +289,10 @@ mod tests {
         let queries = dashboard_queries(&dashboard).expect("dashboard queries");
         assert!(queries.len() >= 20, "{} queries", queries.len());
         let promtool = promtool().expect("promtool");
-        let file = std::env::temp_dir().join(format!("tokentap-dashboard-{}.rules.json", std::process::id()));
+        let file = std::env::temp_dir().join(format!(
+            "tokentap-dashboard-{}.rules.json",
+            std::process::id()
+        ));
         fs::write(&file, dashboard_as_rule_file(&queries)).expect("write rule file");
         let out = Command::new(&promtool)
             .args(["check", "rules"])

@@ -15,9 +15,7 @@ use std::{
 use serde_json::Value;
 use tokentap_tests::harness::{Agent, privileged_tests_enabled};
 use tokentap_tests::mock_provider::MockProvider;
-use tokentap_tests::prometheus::{
-    PrometheusServer, dashboard_file, dashboard_queries, rules_file,
-};
+use tokentap_tests::prometheus::{PrometheusServer, dashboard_file, dashboard_queries, rules_file};
 use tokentap_tests::sdk::{run_sdk_client, sdk_python};
 
 /// Recording rules that must have data after one run of the SDK scenarios (the cost rule
@@ -68,7 +66,9 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
     for c in &report.calls {
         *calls.entry(c.request_model.as_str()).or_default() += 1;
         for (kind, n) in c.tokens.unwrap_or_default().by_type() {
-            let e = tokens.entry((c.request_model.clone(), kind)).or_insert(Some(0));
+            let e = tokens
+                .entry((c.request_model.clone(), kind))
+                .or_insert(Some(0));
             *e = match (*e, n) {
                 (Some(sum), Some(n)) => Some(sum + n),
                 _ => None,
@@ -109,7 +109,10 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
         .collect();
     for (model, n) in &calls {
         if by_model.get(*model) != Some(&(*n as f64)) {
-            problems.push(format!("{model}: {n} calls, Prometheus has {:?}", by_model.get(*model)));
+            problems.push(format!(
+                "{model}: {n} calls, Prometheus has {:?}",
+                by_model.get(*model)
+            ));
         }
     }
     let stored_tokens: BTreeMap<(String, String), f64> = prometheus
@@ -130,7 +133,9 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
         }
         compared += 1;
         if stored != Some(&(*sum as f64)) {
-            problems.push(format!("{model} {kind} tokens: SDKs saw {sum}, Prometheus has {stored:?}"));
+            problems.push(format!(
+                "{model} {kind} tokens: SDKs saw {sum}, Prometheus has {stored:?}"
+            ));
         }
     }
     assert!(compared >= 20, "only {compared} token sums compared");
@@ -148,14 +153,20 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
                     rule["health"], rule["lastError"]
                 ));
             }
-            if rule["lastEvaluation"].as_str().is_none_or(|t| t.starts_with("0001")) {
+            if rule["lastEvaluation"]
+                .as_str()
+                .is_none_or(|t| t.starts_with("0001"))
+            {
                 problems.push(format!("rule {name}: never evaluated"));
             }
         }
     }
     let rules_text = fs::read_to_string(rules_file()).expect("rules.yaml");
     let in_file = rules_text.matches("- record:").count() + rules_text.matches("- alert:").count();
-    assert_eq!(rule_count, in_file, "Prometheus loaded every rule of rules.yaml");
+    assert_eq!(
+        rule_count, in_file,
+        "Prometheus loaded every rule of rules.yaml"
+    );
     for rule in SLI_RULES {
         match prometheus.query(rule) {
             Ok(v) if !v.is_empty() => {}
@@ -170,7 +181,10 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
     for q in &queries {
         match prometheus.query(&q.expr) {
             Ok(v) if !v.is_empty() => {}
-            Ok(_) => problems.push(format!("dashboard panel {:?}: no data for {}", q.panel, q.expr)),
+            Ok(_) => problems.push(format!(
+                "dashboard panel {:?}: no data for {}",
+                q.panel, q.expr
+            )),
             Err(e) => problems.push(format!("dashboard panel {:?}: {e}", q.panel)),
         }
     }
