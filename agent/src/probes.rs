@@ -139,6 +139,8 @@ pub struct Probes {
     attached: HashMap<(u64, u64), AttachedLibrary>,
     /// Files that failed once are not retried on every rescan.
     rejected: HashMap<(u64, u64), String>,
+    /// The kernel refused to create a uprobe for lack of privilege (see [`UPROBE_PRIVILEGE`]).
+    uprobe_permission_denied: bool,
     /// Whether process starts and exits are seen as they happen (BTF tracepoints).
     pub process_watch: Result<(), String>,
 }
@@ -179,6 +181,7 @@ impl Probes {
             ebpf,
             attached: HashMap::new(),
             rejected: HashMap::new(),
+            uprobe_permission_denied: false,
             process_watch,
         })
     }
@@ -222,6 +225,11 @@ impl Probes {
         Ok(KernelCounters { array })
     }
 
+    /// Whether the kernel refused some uprobe for lack of privilege.
+    pub fn uprobe_permission_denied(&self) -> bool {
+        self.uprobe_permission_denied
+    }
+
     pub fn attached(&self) -> impl Iterator<Item = &AttachedLibrary> {
         self.attached.values()
     }
@@ -260,7 +268,10 @@ impl Probes {
                         functions.push(function);
                     }
                 }
-                Err(e) => errors.push(format!("{function}: {e}")),
+                Err((e, permission_denied)) => {
+                    self.uprobe_permission_denied |= permission_denied;
+                    errors.push(format!("{function}: {e}"));
+                }
             }
         }
         let usable = match lib.kind {
@@ -305,17 +316,37 @@ where
     })
 }
 
+/// Attaches one hook; the error says whether the kernel refused it for lack of privilege.
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     name: &'static str,
     function: &str,
     target: &Path,
-) -> Result<(), String> {
-    let prog: &mut UProbe = program(ebpf, name).map_err(|e| e.to_string())?;
+) -> Result<(), (String, bool)> {
+    let prog: &mut UProbe = program(ebpf, name).map_err(|e| (e.to_string(), false))?;
     prog.attach(function, target, UProbeScope::AllProcesses)
         .map(|_| ())
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| (error_chain(&e), is_permission_denied(&e)))
 }
+
+/// Whether an error or one of its sources is EACCES or EPERM from the kernel.
+fn is_permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// What creating uprobes takes: since the fix for CVE-2025-38466 (Linux 6.16, and stable
+/// 5.10.240, 5.15.189, 6.1.146, 6.6.99, 6.12.39, 6.15.7) the kernel wants CAP_SYS_ADMIN;
+/// CAP_PERFMON is no longer enough.
+pub const UPROBE_PRIVILEGE: &str = "the kernel refused to create uprobes (perf_event_open: permission denied): since the fix for CVE-2025-38466 (Linux 6.16; stable 5.10.240, 5.15.189, 6.1.146, 6.6.99, 6.12.39, 6.15.7) that needs CAP_SYS_ADMIN, CAP_PERFMON is not enough: run as root or add SYS_ADMIN to the container's capabilities";
 
 /// An error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -350,7 +381,7 @@ impl KernelCounters {
 /// Checks the environment before loading, so that a missing piece is one clear line.
 pub fn check_environment() -> Result<(), String> {
     if !has_bpf_privileges() {
-        return Err("tokentap needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs: run it with sudo".into());
+        return Err("tokentap needs root (or CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; CAP_BPF and CAP_PERFMON instead of CAP_SYS_ADMIN on kernels before the CVE-2025-38466 fix) to load eBPF programs and attach uprobes: run it with sudo".into());
     }
     if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
         return Err("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe missing): it needs CONFIG_UPROBE_EVENTS=y".into());

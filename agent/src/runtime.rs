@@ -106,6 +106,9 @@ impl<S: StreamSink> Runtime<S> {
         for &pid in &pids {
             self.scan_process(pid);
         }
+        if self.probes.tls_libraries() == 0 && self.probes.uprobe_permission_denied() {
+            bail!(crate::probes::UPROBE_PRIVILEGE);
+        }
         if self.probes.tls_libraries() == 0 {
             bail!(
                 "no OpenSSL library found (looked in the standard library directories and the memory maps of {} processes): install OpenSSL's libssl, or pass --libssl PATH",

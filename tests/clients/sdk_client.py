@@ -571,6 +571,10 @@ scenario("openai.responses.error_event", *OAI_RESP, "gpt-4.1-errevent-after1-del
     lambda c, call: openai_responses(c.openai, call, stream=True))
 scenario("openai.chat.429", *OAI_CHAT, "gpt-4o-mini-err429", False, expect="rate_limit_exceeded")(
     lambda c, call: openai_chat(c.openai, call, stream=False))
+# A client error (the caller asked for a model it cannot use): not the provider failing, so
+# the availability SLO leaves it out (deploy/prometheus/rules.yaml).
+scenario("openai.chat.404", *OAI_CHAT, "gpt-4o-mini-err404", False, expect="model_not_found")(
+    lambda c, call: openai_chat(c.openai, call, stream=False))
 scenario("openai.chat.stream.500", *OAI_CHAT, "gpt-4o-mini-err500-delay30", True, expect="server_error")(
     lambda c, call: openai_chat(c.openai, call, stream=True))
 scenario("openai.chat.stream.midstream_error", *OAI_CHAT, "gpt-4o-mini-midstream-error-after2-delay60-gap10",

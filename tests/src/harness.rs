@@ -79,7 +79,21 @@ pub struct Agent {
 impl Agent {
     /// Starts `tokentap ARGS` and waits until it reports `ready:`.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(tokentap_bin())
+        Self::start_under(&[], args)
+    }
+
+    /// Starts `WRAPPER... tokentap ARGS` (e.g. `setpriv --bounding-set ... --`, which execs
+    /// the agent in its own process) and waits until it reports `ready:`.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Self> {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(tokentap_bin());
+                c
+            }
+            None => Command::new(tokentap_bin()),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -4,5 +4,6 @@ pub mod harness;
 pub mod mock_provider;
 pub mod otlp_receiver;
 pub mod prom;
+pub mod prometheus;
 pub mod sdk;
 pub mod tls_server;

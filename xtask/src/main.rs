@@ -65,11 +65,16 @@ const SDK_REQUIREMENTS: &str = "tests/clients/requirements.txt";
 /// In the venv: the requirements it was built from.
 const SDK_VENV_STAMP: &str = ".tokentap-requirements";
 const NIGHTLY: &str = "nightly";
+/// Debian packages the tests use: `prometheus` (with `promtool`) checks and unit-tests
+/// deploy/prometheus/rules.yaml and runs in the Prometheus end-to-end test.
+const TEST_PACKAGES: &[&str] = &["prometheus"];
 
 fn main() {
     let Xtask { task } = Xtask::parse();
     let result = match task {
-        Task::Setup => setup().and_then(|()| ensure_sdk_venv()),
+        Task::Setup => setup()
+            .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| ensure_apt(TEST_PACKAGES)),
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
@@ -78,6 +83,7 @@ fn main() {
             fuzz_seconds,
         } => setup()
             .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| ensure_apt(TEST_PACKAGES))
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
@@ -363,6 +369,7 @@ fn test(unit_only: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
             .env("TOKENTAP_SDK_PYTHON", sdk_python())
             .args(["test", "--package", "tokentap-tests", "--lib"]),
     )?;
+    check_prometheus_rules(&root)?;
     if unit_only {
         return Ok(());
     }
@@ -392,6 +399,28 @@ fn test(unit_only: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
                 "--",
                 "--test-threads=1",
             ]),
+    )
+}
+
+/// `promtool check rules` and the rules' unit tests (each alert fires on a synthetic burn and
+/// stays quiet on a healthy series).
+fn check_prometheus_rules(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("deploy/prometheus");
+    run_cmd(
+        Command::new("promtool")
+            .current_dir(&dir)
+            .args(["check", "rules", "rules.yaml"]),
+    )?;
+    let mut tests: Vec<PathBuf> = fs::read_dir(dir.join("tests"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    tests.sort();
+    run_cmd(
+        Command::new("promtool")
+            .current_dir(&dir)
+            .args(["test", "rules"])
+            .args(&tests),
     )
 }
 
