@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod cost;
 pub mod discovery;
+pub mod endpoint_security;
 pub mod exchange_log;
 pub mod exchanges;
 pub mod http;
