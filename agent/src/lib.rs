@@ -14,6 +14,8 @@ pub mod discovery;
 pub mod endpoint_security;
 pub mod exchange_log;
 pub mod exchanges;
+#[cfg(test)]
+mod hostile_input_tests;
 pub mod http;
 pub mod llm;
 pub mod metrics;
