@@ -304,6 +304,11 @@ impl ExchangeTracker {
         }
     }
 
+    /// Other bounds; set before any traffic (exchanges in flight keep what they allocated).
+    pub fn set_limits(&mut self, limits: TrackerLimits) {
+        self.limits = limits;
+    }
+
     /// Whose prompt and completion text goes into records.
     pub fn set_content_policy(&mut self, policy: ContentPolicy) {
         self.content = policy;
