@@ -284,6 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_security_from_the_file_and_flags_win() {
+        let file = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nauth_token_file = \"/t\"\n";
+        let cli = parse(&["tokentap"], file);
+        let Some(Command::Agent(opts)) = &cli.command else {
+            panic!("the agent runs by default: {:?}", cli.command);
+        };
+        assert_eq!(opts.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(opts.tls_key, Some(PathBuf::from("/k.pem")));
+        assert_eq!(opts.auth_token_file, Some(PathBuf::from("/t")));
+        let cli = parse(&["tokentap", "agent", "--auth-token-file", "/flag"], file);
+        let Some(Command::Agent(opts)) = &cli.command else {
+            panic!("agent");
+        };
+        assert_eq!(opts.auth_token_file, Some(PathBuf::from("/flag")));
+        assert_eq!(opts.tls_cert, Some(PathBuf::from("/c.pem")));
+        let cli = parse(&["tokentap", "watch"], file);
+        assert!(matches!(cli.command, Some(Command::Watch(_))));
+    }
+
+    #[test]
     fn bad_files_name_the_setting() {
         let err = FileConfig::parse("head_bytes = \"lots\"\n").expect_err("bad type");
         assert!(
