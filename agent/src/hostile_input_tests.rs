@@ -883,6 +883,8 @@ fn hostile_json_nesting_and_numbers() {
     let records = wire.take_records();
     assert_eq!(records.len(), 2);
     assert!(records[1].tokens.input.is_none());
+    // serde_json stops at 128 levels: an error, counted, not a stack overflow.
+    assert!(wire.llm().json_errors >= 2, "{:?}", wire.llm());
     // Numbers out of range: tokens unknown or saturated, never a panic or a wrap.
     for usage in [
         r#"{"prompt_tokens":1e400,"completion_tokens":-5}"#,
