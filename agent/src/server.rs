@@ -28,6 +28,9 @@ use crate::{
 /// A client that opens a connection to the TLS port and stalls is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest wait for a request head on an open connection.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Paths that stay open with a token configured: the kubelet's probes carry no credentials.
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
@@ -95,6 +98,9 @@ where
         async move { Ok::<_, std::convert::Infallible>(respond(&state, &security, &req)) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        // A client that opens a connection and trickles a head (or nothing) is dropped.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
