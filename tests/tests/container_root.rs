@@ -25,10 +25,7 @@ use tokentap_tests::{
 
 /// `ldd`'s list of the shared objects `binary` needs (absolute paths).
 fn shared_objects(binary: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .expect("ldd runs");
+    let out = Command::new("ldd").arg(binary).output().expect("ldd runs");
     assert!(out.status.success(), "ldd {}", binary.display());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -106,6 +103,20 @@ fn a_container_process_is_hooked_through_its_own_libssl_not_the_hosts() {
         .spawn()
         .expect("chroot runs openssl s_client");
     let pid = client.id();
+    // The chroot's loader is a copy too, so the host loader's hook does not announce its
+    // library loads: the agent finds the copy by the scans that follow the exec. s_client
+    // handshakes at once and then waits for stdin, so the request is written once the copy
+    // is hooked (the handshake carries no plaintext).
+    let hooked = format!("hooked {} (pid {pid})", host_libssl.display());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !capture.agent_log().contains(&hooked) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected `{hooked}` in the agent log within 10 s:\n{}",
+            capture.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     client
         .stdin
         .take()
@@ -123,14 +134,9 @@ fn a_container_process_is_hooked_through_its_own_libssl_not_the_hosts() {
     let log = capture.finish().expect("capture output");
     let _ = std::fs::remove_dir_all(&root);
 
-    // The copy was hooked for this pid: the host's file of the same name was hooked already
-    // (standard directories), so a host-side resolution would have added nothing.
-    let hooked = format!("hooked {} (pid {pid})", host_libssl.display());
-    assert!(
-        log.agent_log.contains(&hooked),
-        "expected `{hooked}` in the agent log:\n{}",
-        log.agent_log
-    );
+    // The copy was hooked for this pid (above): the host's file of the same name was hooked
+    // already (standard directories), so a host-side resolution would have added nothing.
+    assert!(log.agent_log.contains(&hooked));
     // And its calls were seen: the probes sit on the container's inode.
     let rec = records
         .iter()
