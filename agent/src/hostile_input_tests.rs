@@ -857,7 +857,11 @@ fn hostile_non_http_protocols_are_classified_cheaply() {
             http.non_http_connections, http.resyncs
         );
         assert!(peak < 2 * MIB, "{name}: {peak} bytes held");
-        assert_eq!(http.non_http_connections, 1, "{name}: {http:?}");
+        // With HTTP/2 support merged, the preface makes an HTTP/2 connection instead, given
+        // up (and counted) at the random frames after it.
+        let classified = http.non_http_connections == 1
+            || (name == "HTTP/2 preface" && format!("{http:?}").contains("h2_desynced: 1"));
+        assert!(classified, "{name}: {http:?}");
         assert_eq!(http.requests, 0, "{name}");
         assert!(wire.records().is_empty(), "{name}");
         wire.close(1);
