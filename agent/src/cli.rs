@@ -177,15 +177,41 @@ impl CaptureOptions {
 
 #[derive(Debug, Args, Clone)]
 pub struct AgentOptions {
-    /// Address for /metrics, /healthz and /readyz.
+    /// Address for /metrics, /v1/stats, /healthz and /readyz. In a DaemonSet, Prometheus
+    /// scrapes the pod IP, so the default listens on every address; protect it with
+    /// --auth-token-file (and --tls-cert/--tls-key) or a NetworkPolicy, or bind 127.0.0.1.
     #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key; re-read when it changes).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on /metrics and /v1/*, the token being this
+    /// file's content (re-read when it changes); /healthz and /readyz stay open.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+impl AgentOptions {
+    /// The files behind the endpoints' TLS and token.
+    pub fn security_files(&self) -> crate::endpoint_security::SecurityFiles {
+        crate::endpoint_security::SecurityFiles {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+        }
+    }
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            tls_cert: None,
+            tls_key: None,
+            auth_token_file: None,
         }
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:9464"
+//! tls_cert = "/etc/tokentap/tls/tls.crt"      # like --tls-cert (with tls_key)
+//! tls_key = "/etc/tokentap/tls/tls.key"
+//! auth_token_file = "/etc/tokentap/token"     # like --auth-token-file
 //! head_bytes = 65536
 //! tail_bytes = 65536
 //! ring_buffer_bytes = 16777216
@@ -42,6 +45,9 @@ use crate::cli::{AgentOptions, Cli, Command};
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub auth_token_file: Option<PathBuf>,
     pub head_bytes: Option<u64>,
     pub tail_bytes: Option<u64>,
     pub ring_buffer_bytes: Option<u32>,
@@ -187,13 +193,44 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
         .collect();
     providers.append(&mut c.providers);
     c.providers = providers;
-    if let Some(listen) = file.listen
+    apply_agent(
+        cli,
+        matches,
+        file.listen,
+        file.tls_cert,
+        file.tls_key,
+        file.auth_token_file,
+    );
+}
+
+/// The agent's endpoint settings from the file, where the command line left them unset.
+fn apply_agent(
+    cli: &mut Cli,
+    matches: &ArgMatches,
+    listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    auth_token_file: Option<PathBuf>,
+) {
+    // No subcommand runs the agent with default options.
+    let Command::Agent(opts) = cli
+        .command
+        .get_or_insert_with(|| Command::Agent(AgentOptions::default()))
+    else {
+        return;
+    };
+    if let Some(listen) = listen
         && defaulted(matches, "listen")
     {
-        match &mut cli.command {
-            Some(Command::Agent(opts)) => opts.listen = listen,
-            None => cli.command = Some(Command::Agent(AgentOptions { listen })),
-            Some(_) => {}
+        opts.listen = listen;
+    }
+    for (value, field) in [
+        (tls_cert, &mut opts.tls_cert),
+        (tls_key, &mut opts.tls_key),
+        (auth_token_file, &mut opts.auth_token_file),
+    ] {
+        if field.is_none() {
+            *field = value;
         }
     }
 }
@@ -278,6 +315,26 @@ mod tests {
             Some("http://127.0.0.1:1")
         );
         assert!(FileConfig::parse("kubernetes = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn endpoint_security_from_the_file_and_flags_win() {
+        let file = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nauth_token_file = \"/t\"\n";
+        let cli = parse(&["tokentap"], file);
+        let Some(Command::Agent(opts)) = &cli.command else {
+            panic!("the agent runs by default: {:?}", cli.command);
+        };
+        assert_eq!(opts.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(opts.tls_key, Some(PathBuf::from("/k.pem")));
+        assert_eq!(opts.auth_token_file, Some(PathBuf::from("/t")));
+        let cli = parse(&["tokentap", "agent", "--auth-token-file", "/flag"], file);
+        let Some(Command::Agent(opts)) = &cli.command else {
+            panic!("agent");
+        };
+        assert_eq!(opts.auth_token_file, Some(PathBuf::from("/flag")));
+        assert_eq!(opts.tls_cert, Some(PathBuf::from("/c.pem")));
+        let cli = parse(&["tokentap", "watch"], file);
+        assert!(matches!(cli.command, Some(Command::Watch(_))));
     }
 
     #[test]

@@ -166,10 +166,12 @@ pub fn process_libraries(
         let Some(kind) = classify(&m.path) else {
             continue;
         };
-        if seen.contains(&m.inode) {
+        // Per device: two files of one process may share an inode number on different mounts.
+        let id = (m.dev_major, m.dev_minor, m.inode);
+        if seen.contains(&id) {
             continue;
         }
-        seen.push(m.inode);
+        seen.push(id);
         match open_mapped(proc_root, pid, &m, kind) {
             Ok(lib) => found.push(lib),
             Err(e) => errors.push(e),
@@ -384,6 +386,86 @@ mod tests {
         // A real file inside the root opens.
         std::fs::write(root.join("lib/libssl.so.1.1"), b"inside").expect("write");
         assert!(openat2_in_root(&root_file, Path::new("/lib/libssl.so.1.1")).is_ok());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A fake `/proc` with one process `PID` whose root is `rootfs` and whose maps are `maps`;
+    /// without `map_files`, so the path in the maps is what gets resolved.
+    fn fake_proc(base: &Path, rootfs: &Path, maps: &str) -> PathBuf {
+        let proc_root = base.join("proc");
+        std::fs::create_dir_all(proc_root.join(PID.to_string())).expect("mkdir");
+        std::fs::write(proc_root.join(format!("{PID}/maps")), maps).expect("maps");
+        symlink(rootfs, proc_root.join(format!("{PID}/root"))).expect("root link");
+        proc_root
+    }
+
+    const PID: u32 = 4321;
+
+    fn maps_line(path: &str, inode: u64) -> String {
+        format!("7f0e1d2c0000-7f0e1d31c000 r-xp 00020000 fd:01 {inode} {path}\n")
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::fs::metadata(path).expect("stat").ino()
+    }
+
+    /// A container's maps can name any path; what gets hooked is always a file inside the
+    /// container's root that is the mapped inode, or nothing.
+    #[test]
+    fn crafted_maps_paths_never_open_files_outside_the_container_root() {
+        let base = temp_dir("crafted");
+        // The host: a libssl that exists only outside the container.
+        let host_lib = base.join("host/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        std::fs::create_dir_all(host_lib.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&host_lib, b"host libssl").expect("write");
+        let host_inode = inode(&host_lib);
+        // The container: its own libssl, and symlinks that try to point out.
+        let rootfs = base.join("rootfs");
+        let lib_dir = rootfs.join("lib");
+        std::fs::create_dir_all(&lib_dir).expect("mkdir");
+        let own = lib_dir.join("libssl.so.1.1");
+        std::fs::write(&own, b"container libssl").expect("write");
+        let own_inode = inode(&own);
+        symlink(&host_lib, lib_dir.join("libssl.so.abs")).expect("symlink");
+        symlink(
+            "../../host/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            lib_dir.join("libssl.so.rel"),
+        )
+        .expect("symlink");
+
+        let host_path = host_lib.to_str().expect("utf-8 path");
+        let climbing = format!("/../../../../../..{host_path}");
+        let crafted = [
+            // A host path that does not exist in the container.
+            maps_line("/usr/lib/x86_64-linux-gnu/libssl.so.3", host_inode),
+            // The host file's absolute path on this machine, and climbing out with `..`.
+            maps_line(host_path, host_inode),
+            maps_line(&climbing, host_inode),
+            // Symlinks inside the root that point outside it (absolute and relative).
+            maps_line("/lib/libssl.so.abs", host_inode),
+            maps_line("/lib/libssl.so.rel", host_inode),
+            // The container's own file named with the host file's inode: not what is mapped.
+            maps_line("/lib/libssl.so.1.1", host_inode),
+        ];
+        for (i, line) in crafted.iter().enumerate() {
+            let dir = base.join(format!("case-{i}"));
+            let proc_root = fake_proc(&dir, &rootfs, line);
+            let (libs, errors) = process_libraries(&proc_root, PID).expect("maps read");
+            assert!(libs.is_empty(), "{line}: opened {libs:?}");
+            assert_eq!(errors.len(), 1, "{line}: the refusal is reported");
+        }
+        // `..` is clamped at the container's root rather than refused: it finds the
+        // container's file, and that one is accepted when its inode is the mapped one.
+        let proc_root = fake_proc(
+            &base.join("own"),
+            &rootfs,
+            &maps_line("/../../../lib/libssl.so.1.1", own_inode),
+        );
+        let (libs, errors) = process_libraries(&proc_root, PID).expect("maps read");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(libs.len(), 1);
+        assert_eq!(libs[0].inode, own_inode);
+        assert_ne!(libs[0].inode, host_inode);
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -134,6 +134,13 @@ impl ExchangeSink {
         }
     }
 
+    /// The LLM stage with other bounds than the defaults (the fuzzer's tight limits reach the
+    /// overflow paths with small inputs).
+    pub fn with_llm_limits(mut self, limits: crate::llm::TrackerLimits) -> Self {
+        self.llm.set_limits(limits);
+        self
+    }
+
     /// Adds a stage that enriches every record before the sinks see it (in order added).
     pub fn with_enricher(mut self, enricher: Box<dyn RecordEnricher + Send>) -> Self {
         self.enrichers.push(enricher);

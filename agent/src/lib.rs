@@ -11,8 +11,11 @@ pub mod clock;
 pub mod config;
 pub mod cost;
 pub mod discovery;
+pub mod endpoint_security;
 pub mod exchange_log;
 pub mod exchanges;
+#[cfg(test)]
+mod hostile_input_tests;
 pub mod http;
 pub mod llm;
 pub mod metrics;

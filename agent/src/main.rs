@@ -18,6 +18,7 @@ use tokentap::{
     cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, WatchOptions},
     config::{FileConfig, apply},
     cost::{CostMetrics, Pricer},
+    endpoint_security::EndpointSecurity,
     exchange_log::ExchangeLog,
     exchanges::{ExchangeSink, RecordEnricher, RecordSink},
     http::HttpConfig,
@@ -170,12 +171,25 @@ async fn run_agent(capture: CaptureOptions, opts: AgentOptions) -> anyhow::Resul
         before_scrape: Arc::new(|| {}),
         stats: Some(stats),
     };
+    let security = EndpointSecurity::load(&opts.security_files())
+        .map_err(anyhow::Error::msg)?
+        .with_metrics(&state.registry);
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let auth = if security.token.is_some() {
+        " (bearer token required except on /healthz and /readyz)"
+    } else {
+        ""
+    };
     // Listen first: liveness answers while the probes load.
-    let (addr, serve) = bind(opts.listen, state)
+    let (addr, serve) = bind(opts.listen, state, security)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
     let server = tokio::spawn(serve);
-    log::info!("serving /metrics, /healthz, /readyz and /v1/stats on http://{addr}");
+    log::info!("serving /metrics, /healthz, /readyz and /v1/stats on {scheme}://{addr}{auth}");
     let mut runtime = Runtime::start(capture, sink, metrics)?;
     ready.store(true, Ordering::Release);
     log::info!(

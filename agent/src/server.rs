@@ -1,4 +1,6 @@
-//! The HTTP edge: `/healthz`, `/readyz`, `/metrics` and `/v1/stats` on hyper.
+//! The HTTP edge: `/healthz`, `/readyz`, `/metrics` and `/v1/stats` on hyper, over plain TCP or
+//! TLS ([`EndpointSecurity`]). With a bearer token configured, everything except the kubelet's
+//! probes (`/healthz`, `/readyz`) needs `Authorization: Bearer <token>`.
 
 use std::{
     net::SocketAddr,
@@ -13,9 +15,24 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
 
-use crate::stats::{SharedStats, unix_now, window_of_query};
+use crate::{
+    endpoint_security::{Authorization, EndpointSecurity},
+    stats::{SharedStats, unix_now, window_of_query},
+};
+
+/// A client that opens a connection to the TLS port and stalls is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest wait for a request head on an open connection.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Paths that stay open with a token configured: the kubelet's probes carry no credentials.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// What the endpoints serve.
 #[derive(Clone)]
@@ -33,12 +50,13 @@ pub struct ServerState {
 pub async fn bind(
     addr: SocketAddr,
     state: ServerState,
+    security: EndpointSecurity,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let serve = async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     log::warn!("accept on {local}: {e}");
@@ -47,21 +65,47 @@ pub async fn bind(
                 }
             };
             let state = state.clone();
+            let security = security.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&state, &req)) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    log::debug!("http connection: {e}");
+                let Some(config) = security.tls_config() else {
+                    return serve_connection(stream, state, security).await;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, state, security).await,
+                    Ok(Err(e)) => {
+                        security.count_failed_handshake();
+                        log::debug!("TLS handshake with {peer}: {e}");
+                    }
+                    Err(_) => {
+                        security.count_failed_handshake();
+                        log::debug!("TLS handshake with {peer}: timed out");
+                    }
                 }
             });
         }
     };
     Ok((local, serve))
+}
+
+async fn serve_connection<S>(stream: S, state: ServerState, security: EndpointSecurity)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let security = security.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(&state, &security, &req)) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        // A client that opens a connection and trickles a head (or nothing) is dropped.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        log::debug!("http connection: {e}");
+    }
 }
 
 fn text(
@@ -78,9 +122,26 @@ fn text(
     resp
 }
 
-fn respond(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    state: &ServerState,
+    security: &EndpointSecurity,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    if !OPEN_PATHS.contains(&req.uri().path()) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(header::HeaderValue::as_bytes);
+        match security.authorize(given) {
+            Authorization::Allowed => {}
+            Authorization::Missing => return unauthorized("Bearer realm=\"tokentap\""),
+            Authorization::Invalid => {
+                return unauthorized("Bearer realm=\"tokentap\", error=\"invalid_token\"");
+            }
+        }
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
@@ -121,6 +182,19 @@ fn respond(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
+fn unauthorized(challenge: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "send Authorization: Bearer <token> (the agent's --auth-token-file)\n",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
 /// `GET /v1/stats?window=5m`: per provider and model over the window, as JSON.
 fn stats(state: &ServerState, query: Option<&str>) -> Response<Full<Bytes>> {
     let window = match window_of_query(query) {
@@ -148,3 +222,7 @@ fn stats(state: &ServerState, query: Option<&str>) -> Response<Full<Bytes>> {
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

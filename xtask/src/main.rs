@@ -459,6 +459,8 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// `http_llm`: default bounds; `http_llm_tight`: tiny bounds, content capture on.
+const FUZZ_TARGETS: [&str; 2] = ["http_llm", "http_llm_tight"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     let root = workspace_root();
@@ -475,30 +477,34 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
             "--locked",
         ]))?;
     }
-    // Seeds: every golden LLM fixture as a raw request/response pair.
-    let corpus = root.join("fuzz/corpus/http_llm");
-    run_cmd(
-        tool("cargo")
-            .current_dir(&root)
-            .env("TOKENTAP_WRITE_FUZZ_SEEDS", &corpus)
-            .args([
-                "test",
-                "--package",
-                "tokentap",
-                "--lib",
-                "write_fuzz_seeds",
-                "--quiet",
-            ]),
-    )?;
-    eprintln!("xtask: fuzzing http_llm for {seconds} s");
-    run_cmd(
-        tool("cargo")
-            .current_dir(root.join("fuzz"))
-            .args([&format!("+{NIGHTLY}"), "fuzz", "run", "http_llm"])
-            .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
-    )
-    .context("the fuzzer found a crash, a hang or an allocation blow-up: the input is in fuzz/artifacts/http_llm/")
+    // Both targets read the same input layout; each gets `seconds`.
+    for target in FUZZ_TARGETS {
+        // Seeds: every golden LLM fixture as a raw request/response pair.
+        let corpus = root.join("fuzz/corpus").join(target);
+        run_cmd(
+            tool("cargo")
+                .current_dir(&root)
+                .env("TOKENTAP_WRITE_FUZZ_SEEDS", &corpus)
+                .args([
+                    "test",
+                    "--package",
+                    "tokentap",
+                    "--lib",
+                    "write_fuzz_seeds",
+                    "--quiet",
+                ]),
+        )?;
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        run_cmd(
+            tool("cargo")
+                .current_dir(root.join("fuzz"))
+                .args([&format!("+{NIGHTLY}"), "fuzz", "run", target])
+                .arg(&corpus)
+                .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
+        )
+        .with_context(|| format!("the fuzzer found a crash, a hang or an allocation blow-up: the input is in fuzz/artifacts/{target}/"))?;
+    }
+    Ok(())
 }
 
 /// Installs Debian packages that are missing.

@@ -5,6 +5,24 @@ use serde::Serialize;
 
 use crate::http::Role;
 
+/// Longest model name, response id, error type or finish reason a record keeps, in bytes.
+/// These come from traffic; a longer one (a hostile or broken peer) is cut and marked `…`, so
+/// exchange logs, spans and `/v1/stats` stay small whatever a client sends.
+pub const MAX_IDENTIFIER_BYTES: usize = 256;
+
+/// `s` cut to [`MAX_IDENTIFIER_BYTES`] at a character boundary.
+pub(crate) fn bounded_identifier(mut s: String) -> String {
+    if s.len() > MAX_IDENTIFIER_BYTES {
+        let mut end = MAX_IDENTIFIER_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 /// Token counts. `None` means unknown, never zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tokens {

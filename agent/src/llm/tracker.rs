@@ -30,7 +30,7 @@ use super::{
     hosts::{ProviderConfig, split_host_port},
     json::{Resolved, TopLevel, pick_top_level, scan_top_level},
     providers::{ApiShape, Observed, RequestLine, ResponseParser, Route, SHAPES, other},
-    record::{Content, ExchangeRecord, RoleName},
+    record::{Content, ExchangeRecord, RoleName, bounded_identifier},
 };
 use crate::{
     http::{HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody},
@@ -308,6 +308,11 @@ impl ExchangeTracker {
         }
     }
 
+    /// Other bounds; set before any traffic (exchanges in flight keep what they allocated).
+    pub fn set_limits(&mut self, limits: TrackerLimits) {
+        self.limits = limits;
+    }
+
     /// Whose prompt and completion text goes into records.
     pub fn set_content_policy(&mut self, policy: ContentPolicy) {
         self.content = policy;
@@ -442,7 +447,8 @@ impl ExchangeTracker {
             .path_model
             .clone()
             .or(body_model)
-            .or_else(|| route.fallback_model.clone());
+            .or_else(|| route.fallback_model.clone())
+            .map(bounded_identifier);
         if provider.is_none()
             && request_model.is_none()
             && complete
@@ -719,10 +725,15 @@ impl ExchangeTracker {
         };
         record.streaming |= stream;
         record.http_status = Some(status);
-        record.finish_reasons = obs.finish_reasons();
+        record.error_type = record.error_type.map(bounded_identifier);
+        record.finish_reasons = obs
+            .finish_reasons()
+            .into_iter()
+            .map(bounded_identifier)
+            .collect();
         record.tokens = obs.tokens;
-        record.response_model = obs.response_model;
-        record.response_id = obs.response_id;
+        record.response_model = obs.response_model.map(bounded_identifier);
+        record.response_id = obs.response_id.map(bounded_identifier);
         record.time_to_first_byte_s = Some(secs(head_ktime, start_ktime));
         record.time_to_first_chunk_s = chunks.first.map(|t| secs(t, start_ktime));
         record.time_per_output_chunk_s = chunks.gaps;

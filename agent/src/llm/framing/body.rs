@@ -40,12 +40,16 @@ impl BoundedBody {
     pub(crate) fn push(&mut self, mut data: &[u8], limit: usize) {
         if !self.partial {
             if self.head.len() + data.len() <= limit {
-                self.head.extend_from_slice(data);
+                super::extend_within(&mut self.head, data, limit);
                 return;
             }
             self.partial = true;
             if self.head.len() >= self.keep {
-                self.tail = self.head.split_off(self.keep);
+                // Only what the tail can keep is copied: splitting the whole head off would
+                // hold the body twice for a moment (16 MiB for an 8 MiB body).
+                let from = self.keep.max(self.head.len().saturating_sub(2 * self.keep));
+                self.tail = self.head[from..].to_vec();
+                self.head.truncate(self.keep);
                 self.head.shrink_to_fit();
             } else {
                 // The head keeps the body's first bytes even when it goes partial at once.

@@ -40,10 +40,11 @@ impl LineDecoder {
         }
         if self.line.len() + bytes.len() > self.max_line {
             self.overflow = true;
-            self.line.clear();
+            // Freed: an oversized line must not pin its buffer for the rest of the stream.
+            self.line = Vec::new();
             return;
         }
-        self.line.extend_from_slice(bytes);
+        super::extend_within(&mut self.line, bytes, self.max_line);
     }
 
     fn end_line(&mut self, on_line: &mut dyn FnMut(&[u8])) {

@@ -109,7 +109,7 @@ impl SseDecoder {
             self.line = Vec::new();
             return;
         }
-        self.line.extend_from_slice(bytes);
+        super::extend_within(&mut self.line, bytes, self.max_event);
     }
 
     fn end_line(&mut self, on_event: &mut dyn FnMut(SseEvent<'_>)) {
@@ -150,7 +150,7 @@ impl SseDecoder {
                             if self.has_data {
                                 self.data.push(b'\n');
                             }
-                            self.data.extend_from_slice(value);
+                            super::extend_within(&mut self.data, value, self.max_event);
                         }
                     }
                     self.has_data = true;
@@ -213,6 +213,27 @@ impl SseDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_line_never_holds_more_than_the_limit() {
+        // Regression: `Vec` doubling let a line capped at 8 MiB hold 16 MiB once its first
+        // piece was not a power of two (a 14 MB line behind a response head).
+        let max = 1 << 20;
+        let mut d = SseDecoder::new(max);
+        d.feed(b"data: ", &mut |_| {});
+        let mut held = 0;
+        for piece in vec![b'x'; 3 * max].chunks(16384) {
+            d.feed(piece, &mut |_| {});
+            held = held.max(d.line.capacity());
+        }
+        assert!(held <= max, "{held} bytes held for a limit of {max}");
+        let mut events = 0;
+        d.feed(b"\n\ndata: {}\n\n", &mut |e| {
+            events += 1;
+            assert_eq!(e.data.is_some(), events == 2);
+        });
+        assert_eq!((events, d.oversized), (2, 1));
+    }
 
     fn decode(chunks: &[&[u8]], max: usize) -> Vec<(Option<String>, Option<String>)> {
         let mut d = SseDecoder::new(max);
