@@ -4,4 +4,5 @@ pub mod mock_provider;
 pub mod otlp_receiver;
 pub mod prom;
 pub mod sdk;
+pub mod soak;
 pub mod tls_server;
