@@ -1,3 +1,4 @@
+pub mod fault;
 pub mod genai_check;
 pub mod harness;
 pub mod mock_provider;

@@ -18,255 +18,14 @@
 //! Needs root. Run with `cargo xtask test`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use serde_json::Value;
-use tokentap_tests::harness::{Agent, Capture, http_get, privileged_tests_enabled, python};
-use tokentap_tests::mock_provider::{MockProvider, RequestRecord};
+use tokentap_tests::fault::{Client, LoggedAgent, assert_exact, record_for};
+use tokentap_tests::harness::{Capture, privileged_tests_enabled};
+use tokentap_tests::mock_provider::MockProvider;
 use tokentap_tests::prom;
-use tokentap_tests::soak::{AgentRecord, parse_exchange_log, sum_of};
-
-fn fault_client_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/fault_client.py")
-}
-
-/// A running fault_client.py: its progress events arrive on a channel; killed on drop.
-struct Client {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    events: Receiver<Value>,
-    pid: u32,
-}
-
-impl Client {
-    fn start(mock: &MockProvider, mode: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(python());
-        cmd.arg(fault_client_script())
-            .arg(mode)
-            .args(["--port", &mock.port().to_string(), "--cafile"])
-            .arg(mock.ca_file())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start fault_client.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, events) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let mut client = Self {
-            child,
-            stdin,
-            events,
-            pid: 0,
-        };
-        let first = client.wait_for(|e| e["event"] == "pid", "its pid");
-        client.pid = u32::try_from(first["pid"].as_u64().unwrap_or(0)).unwrap_or(0);
-        client
-    }
-
-    /// The next event matching `pred` (earlier ones are skipped).
-    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(e) if pred(&e) => return e,
-                Ok(_) => {}
-                Err(_) => panic!("fault_client.py: no event for {what} within 30 s"),
-            }
-        }
-    }
-
-    fn proceed(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"go\n").expect("write to the client");
-        stdin.flush().expect("flush");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the exit, whatever the status (killed after 30 s).
-    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "fault_client.py exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "fault_client.py did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// An agent with an exchange log in a temporary directory.
-struct LoggedAgent {
-    agent: Option<Agent>,
-    addr: String,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl LoggedAgent {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tokentap-faults-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let log = dir.join("exchanges.jsonl");
-        let mut s = Self {
-            agent: None,
-            addr: String::new(),
-            log,
-            dir,
-        };
-        s.restart(extra);
-        s
-    }
-
-    /// Starts an agent (another one, when one ran before) appending to the same log.
-    fn restart(&mut self, extra: &[&str]) {
-        let log = self.log.to_string_lossy().into_owned();
-        let mut args = vec!["agent", "--listen", "127.0.0.1:0", "--log-exchanges", &log];
-        args.extend_from_slice(extra);
-        let agent = Agent::start(&args).expect("start tokentap agent");
-        self.addr = agent
-            .stderr()
-            .lines()
-            .find_map(|l| l.split("http://").nth(1))
-            .map(|a| a.trim().to_owned())
-            .expect("the agent logs its listen address");
-        self.agent = Some(agent);
-    }
-
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent running")
-    }
-
-    fn sigkill(&mut self) {
-        let agent = self.agent.take().expect("agent running");
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
-        drop(agent);
-    }
-
-    fn metrics(&self) -> Vec<prom::Sample> {
-        let (status, text) = http_get(&self.addr, "/metrics").expect("scrape /metrics");
-        assert_eq!(status, 200);
-        prom::parse(&text).expect("Prometheus text")
-    }
-
-    fn healthy(&self) -> bool {
-        http_get(&self.addr, "/healthz").is_ok_and(|(s, _)| s == 200)
-    }
-
-    /// Records of `pid`, once there are at least `n` (or after 10 s).
-    fn records_of(&self, pid: u32, n: usize) -> Vec<AgentRecord> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let all = parse_exchange_log(&text).expect("exchange log lines are JSON");
-            let mine: Vec<AgentRecord> = all.into_iter().filter(|r| r.pid == pid).collect();
-            if mine.len() >= n || Instant::now() > deadline {
-                return mine;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) {
-        if let Some(agent) = self.agent.take() {
-            agent.stop().expect("the agent stops cleanly");
-        }
-    }
-}
-
-impl Drop for LoggedAgent {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn record_for<'a>(records: &'a [AgentRecord], model: &str) -> Vec<&'a AgentRecord> {
-    records
-        .iter()
-        .filter(|r| r.request_model.as_deref() == Some(model))
-        .collect()
-}
-
-/// The mock's record of the request for `model`.
-fn mock_record(mock: &MockProvider, model: &str) -> RequestRecord {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = mock
-            .requests()
-            .into_iter()
-            .find(|r| r.request_model.as_deref() == Some(model) && r.outcome != Default::default());
-        if let Some(r) = found {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "the mock never finished {model}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The agent's one record for `model` equals what the mock sent: status, error type,
-/// response model and every token count.
-fn assert_exact(records: &[AgentRecord], mock: &MockProvider, model: &str) {
-    let found = record_for(records, model);
-    assert_eq!(found.len(), 1, "one record for {model}: {records:#?}");
-    let r = found[0];
-    let m = mock_record(mock, model);
-    assert_eq!(r.http_status, Some(m.status), "{model}: {r:?}");
-    assert_eq!(r.error_type, m.error_type, "{model}: {r:?}");
-    assert_eq!(r.response_model, m.response_model, "{model}: {r:?}");
-    assert_eq!(
-        (r.tokens.input, r.tokens.output),
-        (m.tokens.input, m.tokens.output),
-        "{model}: {r:?} vs {:?}",
-        m.tokens
-    );
-}
+use tokentap_tests::soak::sum_of;
 
 fn skip() -> bool {
     !privileged_tests_enabled()
@@ -280,7 +39,7 @@ fn client_killed_mid_stream_is_interrupted_without_tokens() {
     let mock = MockProvider::start().expect("mock");
     let agent = LoggedAgent::start("kill", &[]);
     let model = "gpt-4o-mini-killed-chunks50-gap100";
-    let mut client = Client::start(&mock, "calls", &["--model", model], &[]);
+    let mut client = Client::fault(&mock, "calls", &["--model", model], &[]);
     client.wait_for(
         |e| e["event"] == "chunk" && e["n"].as_u64() >= Some(3),
         "stream lines",
@@ -330,7 +89,7 @@ fn server_cutting_a_stream_or_a_body_is_interrupted() {
     let body = "gpt-4o-cut-disconnect";
     let after = "gpt-4o-mini-after-cut-chunks4";
     // The read fails when the server cuts the connection: the client exits 1.
-    let mut client = Client::start(&mock, "calls", &["--model", stream], &[]);
+    let mut client = Client::fault(&mock, "calls", &["--model", stream], &[]);
     let pid = client.pid;
     let _ = client.wait_exit();
     let records = agent.records_of(pid, 1);
@@ -344,7 +103,7 @@ fn server_cutting_a_stream_or_a_body_is_interrupted() {
     );
     assert_eq!(r[0].tokens.output, None, "{:?}", r[0]);
 
-    let mut client = Client::start(&mock, "calls", &["--model", body], &[]);
+    let mut client = Client::fault(&mock, "calls", &["--model", body], &[]);
     let pid = client.pid;
     let _ = client.wait_exit();
     let records = agent.records_of(pid, 1);
@@ -364,7 +123,7 @@ fn server_cutting_a_stream_or_a_body_is_interrupted() {
     );
 
     // And the next call, on a new connection, is exact.
-    let client = Client::start(&mock, "calls", &["--model", after], &[]);
+    let client = Client::fault(&mock, "calls", &["--model", after], &[]);
     let pid = client.pid;
     client.finish();
     assert_exact(&agent.records_of(pid, 1), &mock, after);
@@ -383,7 +142,7 @@ fn agent_restarted_with_streams_in_flight() {
         .map(|i| {
             let slow = format!("gpt-4o-mini-inflight{i}-chunks40-gap100");
             let next = format!("gpt-4o-mini-next{i}-chunks3");
-            let c = Client::start(&mock, "hold", &["--model", &slow, "--model", &next], &[]);
+            let c = Client::fault(&mock, "hold", &["--model", &slow, "--model", &next], &[]);
             (c, slow)
         })
         .collect();
@@ -433,7 +192,7 @@ fn process_exit_with_open_connections_releases_their_state() {
     let models = ["gpt-4o-mini-exit-open-a-chunks2", "gpt-4o-exit-open-b"];
     let mut pids = Vec::new();
     for _ in 0..5 {
-        let client = Client::start(
+        let client = Client::fault(
             &mock,
             "exit-open",
             &["--model", models[0], "--model", models[1]],
@@ -473,7 +232,7 @@ fn reused_ssl_addresses_never_merge_exchanges() {
     let capture = Capture::start(&[]).expect("start tokentap capture");
     let n = 30;
     let base = "gpt-4o-mini-reuse-chunks4-gap20";
-    let client = Client::start(
+    let client = Client::fault(
         &mock,
         "reuse",
         &["--model", base, "--n", &n.to_string(), "--abandon"],
@@ -484,11 +243,17 @@ fn reused_ssl_addresses_never_merge_exchanges() {
     let records = agent.records_of(pid, n);
     std::thread::sleep(Duration::from_millis(300));
     let log = capture.finish().expect("capture");
-    let addresses: BTreeSet<String> = log.connections_of(u64::from(pid)).into_keys().collect();
+    let connections = log.connections_of(u64::from(pid));
+    let addresses: BTreeSet<&str> = connections
+        .keys()
+        .map(|c| c.split('#').next().unwrap_or(c))
+        .collect();
     eprintln!(
-        "{n} connections used {} distinct SSL* addresses",
+        "{} connections used {} distinct SSL* addresses",
+        connections.len(),
         addresses.len()
     );
+    assert_eq!(connections.len(), n, "one captured connection per connection made");
     assert!(
         addresses.len() < n,
         "OpenSSL did not reuse an SSL* address: the test proves nothing"
@@ -537,7 +302,7 @@ fn libssl_replaced_on_disk_while_attached() {
 
     let mock = MockProvider::start().expect("mock");
     let agent = LoggedAgent::start("lib", &[]);
-    let mut old = Client::start(
+    let mut old = Client::fault(
         &mock,
         "hold",
         &[
@@ -563,7 +328,7 @@ fn libssl_replaced_on_disk_while_attached() {
     std::fs::copy(&system, &staged).expect("stage the new libssl");
     std::fs::rename(&staged, &lib).expect("rename over the old libssl");
 
-    let new = Client::start(
+    let new = Client::fault(
         &mock,
         "calls",
         &[
