@@ -220,10 +220,10 @@ mod tests {
         assert_eq!(ctx.executable, "python3");
         assert_eq!(ctx.container_id, None);
         // A cgroup file without an executable link (the process exited mid-read).
-        std::fs::create_dir_all(root.join("4343")).expect("mkdir");
-        std::fs::write(root.join("4343/cgroup"), "0::/user.slice\n").expect("write");
+        fs::create_dir_all(root.join("4343")).expect("mkdir");
+        fs::write(root.join("4343/cgroup"), "0::/user.slice\n").expect("write");
         assert_eq!(info.get(4343, b"curl").executable, "curl");
-        let _ = std::fs::remove_dir_all(&root);
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -253,7 +253,11 @@ fn reused_ssl_addresses_never_merge_exchanges() {
         connections.len(),
         addresses.len()
     );
-    assert_eq!(connections.len(), n, "one captured connection per connection made");
+    assert_eq!(
+        connections.len(),
+        n,
+        "one captured connection per connection made"
+    );
     assert!(
         addresses.len() < n,
         "OpenSSL did not reuse an SSL* address: the test proves nothing"

@@ -44,7 +44,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
         }
     }
-    if !(args.minutes > 0.0) || args.concurrency == 0 {
+    if !args.minutes.is_finite() || args.minutes <= 0.0 || args.concurrency == 0 {
         bail!("--minutes and --concurrency must be positive");
     }
     Ok(args)
