@@ -3,15 +3,16 @@
 
     python3 idle_client.py --port PORT --cafile CA.pem --idle N --hanging M
 
-Standard library only (asyncio over the interpreter's `ssl`: OpenSSL on memory BIOs, the
-system libssl the agent hooks). Raises its open-file limit to the hard limit, then:
+Standard library only (blocking sockets and `ssl` in `--parallel` threads: the system libssl
+the agent hooks; asyncio's SSL transport would hold a 256 KiB buffer per connection). Raises
+its open-file limit, then:
 
 1. opens N + M TLS connections to the mock provider (SNI and Host `api.openai.com`), with no
    traffic yet (a handshake alone is invisible to the agent);
 2. on each of the N idle ones, one complete non-streamed chat completion, then nothing;
    on each of the M hanging ones, a streamed request whose answer never finishes (the mock
    waits a minute before its first content chunk), read up to the response head;
-3. prints `{"event": "ready", "idle": N, "hanging": M, "seconds": ...}` and holds every
+3. prints `{"event": "ready", "idle": N, "hanging": M}` and holds every
    connection open until a line arrives on stdin (or stdin closes), then exits without
    closing them one by one.
 
@@ -19,7 +20,6 @@ Progress lines are JSON on stdout; failures print one line on stderr and exit 1.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import resource
@@ -48,56 +48,70 @@ def request(model, stream):
     ).encode() + data
 
 
-async def read_head(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
+def read_head(sock):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(4096)
+        if not data:
+            raise EOFError("connection closed before the response head")
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
     status = int(head.split(b" ", 2)[1])
     length = None
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    return status, length
+    return status, length, rest
 
 
-async def main_async(args):
+def run(args):
+    import socket
     import ssl
+    import threading
 
     ctx = ssl.create_default_context(cafile=args.cafile)
-    gate = asyncio.Semaphore(args.parallel)
-    conns = []
+    total = args.idle + args.hanging
+    socks = [None] * total
+    errors = []
     started = time.monotonic()
 
-    async def connect():
-        async with gate:
-            r, w = await asyncio.open_connection("127.0.0.1", args.port, ssl=ctx, server_hostname=HOST)
-            conns.append((r, w))
-            if len(conns) % 1000 == 0:
-                say(event="connected", n=len(conns))
+    def connect(part):
+        try:
+            for i in range(part, total, args.parallel):
+                raw = socket.create_connection(("127.0.0.1", args.port), timeout=120)
+                socks[i] = ctx.wrap_socket(raw, server_hostname=HOST)
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(f"connect: {type(e).__name__}: {e}")
 
-    await asyncio.gather(*(connect() for _ in range(args.idle + args.hanging)))
-    say(event="connected", n=len(conns), seconds=time.monotonic() - started)
-    t_requests = time.monotonic()
+    def call(part):
+        try:
+            for i in range(part, total, args.parallel):
+                s = socks[i]
+                if i < args.idle:
+                    s.sendall(request(args.model_prefix + "-idle-chunks1", False))
+                    status, length, rest = read_head(s)
+                    while len(rest) < (length or 0):
+                        rest += s.recv(65536)
+                else:
+                    s.sendall(request(args.model_prefix + "-hang-chunks5-delay60000", True))
+                    status, _, _ = read_head(s)
+                if status != 200:
+                    raise RuntimeError(f"connection {i} answered {status}")
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(f"call: {type(e).__name__}: {e}")
 
-    async def idle(r, w):
-        async with gate:
-            w.write(request(args.model_prefix + "-idle-chunks1", False))
-            await w.drain()
-            status, length = await read_head(r)
-            await r.readexactly(length or 0)
-            if status != 200:
-                raise RuntimeError(f"idle call answered {status}")
-
-    async def hanging(r, w):
-        async with gate:
-            w.write(request(args.model_prefix + "-hang-chunks5-delay60000", True))
-            await w.drain()
-            status, _ = await read_head(r)
-            if status != 200:
-                raise RuntimeError(f"hanging call answered {status}")
-
-    jobs = [idle(r, w) for r, w in conns[: args.idle]] + [hanging(r, w) for r, w in conns[args.idle:]]
-    await asyncio.gather(*jobs)
-    say(event="ready", idle=args.idle, hanging=args.hanging, seconds=time.monotonic() - t_requests)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for phase in (connect, call):
+        threads = [threading.Thread(target=phase, args=(p,)) for p in range(args.parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(errors[0])
+        say(event=phase.__name__, n=total, seconds=time.monotonic() - started)
+        started = time.monotonic()
+    say(event="ready", idle=args.idle, hanging=args.hanging)
+    sys.stdin.readline()
 
 
 def main():
@@ -106,7 +120,7 @@ def main():
     ap.add_argument("--cafile", required=True)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--hanging", type=int, default=1000)
-    ap.add_argument("--parallel", type=int, default=256)
+    ap.add_argument("--parallel", type=int, default=8, help="threads")
     ap.add_argument("--model-prefix", default="gpt-4o-mini")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -116,7 +130,7 @@ def main():
         return 1
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
     try:
-        asyncio.run(main_async(args))
+        run(args)
     except Exception as e:  # noqa: BLE001 - one line, exit 1
         print(f"idle_client: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

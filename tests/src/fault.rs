@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -91,7 +91,12 @@ impl Client {
             match self.events.recv_timeout(left) {
                 Ok(e) if pred(&e) => return e,
                 Ok(_) => {}
-                Err(_) => panic!("the Python client: no event for {what} within {within:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the Python client exited before {what}")
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the Python client: no event for {what} within {within:?}")
+                }
             }
         }
     }
