@@ -156,6 +156,18 @@ fn agent_restarted_with_streams_in_flight() {
         c.wait_for(|e| e["event"] == "ready", "the slow stream's end");
         c.proceed();
     }
+    // The new agent joined three streams mid-body: it skipped to the next message start on
+    // each, and says so (metrics sync every 250 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let resyncs = sum_of(
+        &agent.metrics(),
+        "tokentap_http_total",
+        Some(("event", "resyncs")),
+    );
+    assert!(
+        resyncs >= 3.0,
+        "streams joined mid-body are counted as resyncs: {resyncs}"
+    );
     for (i, (c, slow)) in clients.into_iter().enumerate() {
         let pid = c.pid;
         c.finish();
