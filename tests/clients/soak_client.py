@@ -12,8 +12,9 @@ library (`http.client` over the interpreter's `ssl`: the system OpenSSL, which t
 hooks); with `--sdk` the real openai and anthropic SDKs make them (slower to start).
 
 Every request carries `User-Agent: tokentap-soak/<pid>/<seq>/<nonce>`, which the mock records,
-and a request model of the form `<base>-q<seq>-<options>`, which the agent records: the soak
-checker pairs the client's call, the mock's record of it and the agent's exchange record.
+and a request model of the form `<base>-soak-<options>`, which the agent records: the soak
+checker pairs the client's call, the mock's record of it (by User-Agent) and the agent's
+exchange record (by pid, model and time: a process makes its calls one after the other).
 
 Appends one JSON line per call to `--out` as soon as the call ends (a process that dies
 mid-run still leaves its finished calls): pid, seq, ua, provider, api, request_model,
@@ -70,10 +71,12 @@ SDK_SCENARIOS = [
 ]
 
 
-def model_name(rng, base, options, seq):
-    opts = options.format(c=rng.randint(1, 12), g=rng.choice([0, 0, 1, 3]), k=rng.choice([0, 16, 64]),
-                          r=rng.randint(0, 8))
-    parts = [base, f"q{seq}"] + [p for p in opts.split("-") if p and p not in ("cached0", "cachewrite0", "gap0", "reason0")]
+def model_name(rng, base, options):
+    """`<base>-soak-<options>`: the `soak` token marks the soak's calls; few distinct names, so
+    the agent's label sets are all made in the first minute and its memory can settle."""
+    opts = options.format(c=rng.choice([1, 3, 7, 12]), g=rng.choice([0, 2]), k=rng.choice([0, 32]),
+                          r=rng.choice([0, 4]))
+    parts = [base, "soak"] + [p for p in opts.split("-") if p and p not in ("cached0", "cachewrite0", "gap0", "reason0")]
     return "-".join(parts)
 
 
@@ -168,7 +171,7 @@ def run_raw(args, rng, rec, nonce):
     weights = [s[6] for s in RAW_SCENARIOS]
     for seq in range(args.calls):
         name, provider, api, base, options, stream, _ = rng.choices(RAW_SCENARIOS, weights)[0]
-        model = model_name(rng, base, options, seq)
+        model = model_name(rng, base, options)
         ua = f"tokentap-soak/{os.getpid()}/{seq}/{nonce}"
         path, headers, body = raw_request(provider, api, model, stream, accept_gzip=not stream or rng.random() < 0.3)
         headers["User-Agent"] = ua
@@ -213,7 +216,7 @@ def run_sdk(args, rng, rec, nonce):
     weights = [s[6] for s in SDK_SCENARIOS]
     for seq in range(args.calls):
         name, provider, api, base, options, stream, _ = rng.choices(SDK_SCENARIOS, weights)[0]
-        model = model_name(rng, base, options, seq)
+        model = model_name(rng, base, options)
         ua = f"tokentap-soak/{os.getpid()}/{seq}/{nonce}"
         operation = "embeddings" if api == "openai.embeddings" else "chat"
         call = sdk_client.Call(name, "openai" if provider == OPENAI else "anthropic", operation, api, model,

@@ -6,7 +6,7 @@
 //! # Ground truth
 //! `clients/soak_client.py` processes (a few at a time, replaced as they exit) write one line
 //! per call: pid, a unique `User-Agent` (`tokentap-soak/<pid>/<seq>/<nonce>`), the request
-//! model (`<base>-q<seq>-<options>`, unique within the process), status and outcome as the
+//! model (`<base>-soak-<options>`), status and outcome as the
 //! client saw them, and the SDK's usage for SDK calls. The mock records, per request, the
 //! `User-Agent`, status, error type and the token counts its answer carried. So each call is
 //! known three times: client, mock (what was on the wire) and agent (the exchange log).
@@ -15,10 +15,13 @@
 //! - the chain without the agent: every client call reached the mock, with the status the
 //!   client saw, and the SDKs parsed the tokens the mock sent;
 //! - every call has exactly one exchange record with the client's pid and request model,
-//!   started within the call's time window (pids may be reused: the window tells them apart),
-//!   with the mock's provider, API, status, error type, response model and tokens;
-//! - no other record carries a soak model or a soak client's pid (a merged, split or
-//!   misattributed exchange shows up here);
+//!   started within the call's time window (pids may be reused: the window tells them apart;
+//!   a process makes its calls one after the other, so of several candidates the earliest
+//!   unused one is the call's), with the mock's provider, API, status, error type, response
+//!   model and tokens;
+//! - no other record carries a soak model or a soak client's pid: one left over with the pid
+//!   and model of a call, in its window, is a duplicate; any other is unexpected (a merged,
+//!   split or misattributed exchange);
 //! - loss counters ([`LOSS_COUNTERS`]) stay at zero.
 //!
 //! Agent RSS and a few gauges are sampled every few seconds ([`Sample`]); [`RssSummary`]
@@ -27,6 +30,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,11 +130,9 @@ pub fn parse_exchange_log(text: &str) -> anyhow::Result<Vec<AgentRecord>> {
         .collect()
 }
 
-/// A request model the soak client made: it has a `q<digits>` token.
+/// A request model the soak client made: it has a `soak` token.
 pub fn is_soak_model(model: &str) -> bool {
-    model
-        .split('-')
-        .any(|t| t.len() > 1 && t.starts_with('q') && t[1..].bytes().all(|b| b.is_ascii_digit()))
+    model.split('-').any(|t| t == "soak")
 }
 
 fn provider_name(host: &str) -> &'static str {
@@ -180,7 +182,7 @@ pub struct Verdict {
     /// Calls with no record.
     pub missing: Vec<String>,
     pub missing_count: usize,
-    /// Calls with more than one record.
+    /// Records left over with the pid and model of a call, in its window.
     pub duplicated: Vec<String>,
     pub duplicated_count: usize,
     /// Calls whose record disagrees with the mock.
@@ -289,31 +291,20 @@ pub fn check(calls: &[ClientCall], mock: &[RequestRecord], agent: &[AgentRecord]
                 format!("{who}: SDK tokens {t:?} != mock tokens {:?}", rec.tokens),
             );
         }
-        let window =
-            (call.t_start_unix_ns - WINDOW_SLACK_NS)..=(call.t_end_unix_ns + WINDOW_SLACK_NS);
-        let found: Vec<usize> = candidates
+        let window = call_window(call);
+        let first = candidates
             .get(&(call.pid, call.request_model.as_str()))
-            .map(|c| {
+            .and_then(|c| {
                 c.iter()
                     .copied()
                     .filter(|&i| !used[i] && window.contains(&agent[i].start_unix_ns))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let Some(&first) = found.first() else {
+                    .min_by_key(|&i| agent[i].start_unix_ns)
+            });
+        let Some(first) = first else {
             Verdict::push(&mut v.missing, &mut v.missing_count, who);
             continue;
         };
-        for &i in &found {
-            used[i] = true;
-        }
-        if found.len() > 1 {
-            Verdict::push(
-                &mut v.duplicated,
-                &mut v.duplicated_count,
-                format!("{who}: {} records", found.len()),
-            );
-        }
+        used[first] = true;
         let r = &agent[first];
         let mut diffs = Vec::new();
         let host = call.provider.as_str();
@@ -345,9 +336,7 @@ pub fn check(calls: &[ClientCall], mock: &[RequestRecord], agent: &[AgentRecord]
             diffs.push(format!("tokens {:?} != mock {:?}", r.tokens, rec.tokens));
         }
         if diffs.is_empty() {
-            if found.len() == 1 {
-                v.exact += 1;
-            }
+            v.exact += 1;
         } else {
             Verdict::push(
                 &mut v.wrong,
@@ -356,20 +345,39 @@ pub fn check(calls: &[ClientCall], mock: &[RequestRecord], agent: &[AgentRecord]
             );
         }
     }
+    let mut windows: HashMap<(u32, &str), Vec<RangeInclusive<i128>>> = HashMap::new();
+    for call in calls {
+        windows
+            .entry((call.pid, call.request_model.as_str()))
+            .or_default()
+            .push(call_window(call));
+    }
     for i in relevant {
-        if !used[i] {
-            let r = &agent[i];
-            Verdict::push(
-                &mut v.unexpected,
-                &mut v.unexpected_count,
-                format!(
-                    "pid {} {} {:?} status {:?} error {:?}",
-                    r.pid, r.provider, r.request_model, r.http_status, r.error_type
-                ),
-            );
+        if used[i] {
+            continue;
+        }
+        let r = &agent[i];
+        let what = format!(
+            "pid {} {} {:?} status {:?} error {:?}",
+            r.pid, r.provider, r.request_model, r.http_status, r.error_type
+        );
+        let duplicate = r.request_model.as_deref().is_some_and(|m| {
+            windows
+                .get(&(r.pid, m))
+                .is_some_and(|ws| ws.iter().any(|w| w.contains(&r.start_unix_ns)))
+        });
+        if duplicate {
+            Verdict::push(&mut v.duplicated, &mut v.duplicated_count, what);
+        } else {
+            Verdict::push(&mut v.unexpected, &mut v.unexpected_count, what);
         }
     }
     v
+}
+
+/// When a call's record may start.
+fn call_window(call: &ClientCall) -> RangeInclusive<i128> {
+    (call.t_start_unix_ns - WINDOW_SLACK_NS)..=(call.t_end_unix_ns + WINDOW_SLACK_NS)
 }
 
 /// Loss and drop counters that must stay at zero: `(metric, label filter)`.
@@ -967,11 +975,14 @@ mod tests {
     }
 
     fn world() -> (Vec<ClientCall>, Vec<RequestRecord>, Vec<AgentRecord>) {
-        let calls = vec![
-            call(10, 0, "gpt-4o-q0"),
-            call(10, 1, "gpt-4o-q1"),
-            call(11, 0, "gpt-4o-q0"),
+        let mut calls = vec![
+            call(10, 0, "gpt-4o-soak"),
+            call(10, 1, "gpt-4o-soak"),
+            call(11, 0, "gpt-4o-soak"),
         ];
+        // Pid 10 calls the same model twice, one call after the other.
+        calls[1].t_start_unix_ns = calls[0].t_end_unix_ns + 1_000_000;
+        calls[1].t_end_unix_ns = calls[1].t_start_unix_ns + 100_000_000;
         let mock = calls.iter().map(mock_of).collect();
         let agent = calls.iter().map(agent_of).collect();
         (calls, mock, agent)
@@ -988,16 +999,20 @@ mod tests {
     #[test]
     fn every_kind_of_disagreement_is_caught() {
         let (calls, mock, agent) = world();
-        // Missing.
+        // Missing (of two calls with one model, the second finds no record).
         let v = check(&calls, &mock, &agent[1..]);
         assert_eq!((v.missing_count, v.exact), (1, 2), "{}", v.problems());
+        // Records in another order are still paired by time.
+        let mut shuffled = agent.clone();
+        shuffled.reverse();
+        assert!(check(&calls, &mock, &shuffled).ok());
         // Duplicated.
         let mut dup = agent.clone();
         dup.push(agent[0].clone());
         assert_eq!(check(&calls, &mock, &dup).duplicated_count, 1);
         // Attributed to the wrong process: missing for one, unexpected for the other.
         let mut wrong_pid = agent.clone();
-        wrong_pid[1].pid = 11;
+        wrong_pid[1].pid = 12;
         let v = check(&calls, &mock, &wrong_pid);
         assert_eq!(
             (v.missing_count, v.unexpected_count),
@@ -1041,9 +1056,9 @@ mod tests {
 
     #[test]
     fn soak_models_are_recognised() {
-        assert!(is_soak_model("gpt-4o-mini-q12-chunks3"));
+        assert!(is_soak_model("gpt-4o-mini-soak-chunks3"));
         assert!(!is_soak_model("gpt-4o-mini-chunks3"));
-        assert!(!is_soak_model("qwen-2"));
+        assert!(!is_soak_model("soaking-2"));
     }
 
     #[test]
