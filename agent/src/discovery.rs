@@ -503,4 +503,74 @@ mod tests {
         );
         assert!(errors.is_empty(), "{errors:?}");
     }
+
+    /// A fake /proc tree: `pid/maps` naming a libssl, and `pid/root` holding it.
+    fn fake_process(proc_root: &Path, pid: u32, with_library: bool) {
+        let dir = proc_root.join(pid.to_string());
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("usr/lib")).expect("mkdir");
+        let lib = root.join("usr/lib/libssl.so.3");
+        std::fs::write(&lib, b"fake libssl").expect("write");
+        let inode = std::fs::metadata(&lib).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        if !with_library {
+            std::fs::remove_file(&lib).expect("rm");
+        }
+        let maps = format!(
+            "7f0000000000-7f0000001000 r-xp 00000000 08:01 {} /usr/lib/libssl.so.3\n",
+            inode.unwrap_or(1)
+        );
+        std::fs::write(dir.join("maps"), maps).expect("write maps");
+    }
+
+    #[test]
+    fn vanished_proc_entries_are_errors_not_panics() {
+        let proc_root = temp_dir("fakeproc");
+        fake_process(&proc_root, 100, true);
+        fake_process(&proc_root, 200, false);
+        std::fs::create_dir_all(proc_root.join("self")).expect("mkdir");
+        assert_eq!(all_pids(&proc_root), vec![100, 200]);
+        // The library is there (opened through the root, its inode checked).
+        let (libs, errors) = process_libraries(&proc_root, 100).expect("maps readable");
+        assert_eq!((libs.len(), errors.len()), (1, 0), "{errors:?}");
+        // The mapped file is gone from the root: one error for that entry, no panic.
+        let (libs, errors) = process_libraries(&proc_root, 200).expect("maps readable");
+        assert_eq!((libs.len(), errors.len()), (0, 1));
+        // The process is gone between listing and reading.
+        std::fs::remove_dir_all(proc_root.join("100")).expect("rm");
+        assert!(process_libraries(&proc_root, 100).is_err());
+        assert!(process_libraries(&proc_root, 999).is_err());
+        // The whole tree is gone.
+        std::fs::remove_dir_all(&proc_root).expect("rm");
+        assert!(all_pids(&proc_root).is_empty());
+    }
+
+    #[test]
+    fn processes_vanishing_during_scans_never_panic() {
+        let proc_root = temp_dir("churnproc");
+        for pid in 1..=200 {
+            fake_process(&proc_root, pid, pid % 2 == 0);
+        }
+        let remover = {
+            let proc_root = proc_root.clone();
+            std::thread::spawn(move || {
+                for pid in 1..=200u32 {
+                    let _ = std::fs::remove_dir_all(proc_root.join(pid.to_string()));
+                }
+            })
+        };
+        let mut scanned = 0;
+        while !remover.is_finished() || scanned == 0 {
+            for pid in all_pids(&proc_root) {
+                // Ok or Err depending on the race; never a panic.
+                let _ = process_libraries(&proc_root, pid);
+                scanned += 1;
+            }
+        }
+        remover.join().expect("remover");
+        assert!(all_pids(&proc_root).is_empty());
+        let _ = std::fs::remove_dir_all(&proc_root);
+    }
 }

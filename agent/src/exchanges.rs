@@ -348,6 +348,20 @@ mod tests {
     }
 
     #[test]
+    fn a_process_gone_from_proc_falls_back_to_its_comm() {
+        let root = std::env::temp_dir().join(format!("tokentap-noproc-{}", std::process::id()));
+        let mut info = ProcessInfo::new(root.clone());
+        let ctx = info.get(4242, b"python3").clone();
+        assert_eq!(ctx.executable, "python3");
+        assert_eq!(ctx.container_id, None);
+        // A cgroup file without an executable link (the process exited mid-read).
+        fs::create_dir_all(root.join("4343")).expect("mkdir");
+        fs::write(root.join("4343/cgroup"), "0::/user.slice\n").expect("write");
+        assert_eq!(info.get(4343, b"curl").executable, "curl");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn container_ids_from_common_runtimes() {
         let id = "3f0a1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
         for text in [

@@ -23,6 +23,7 @@ pub struct SelfMetrics {
     out_of_order: IntCounter,
     connections_opened: IntCounter,
     connections_evicted: IntCounter,
+    connections_closed: IntCounterVec,
     connections_open: IntGauge,
     processes_seen: IntCounter,
     tls_processes: IntGauge,
@@ -144,6 +145,12 @@ impl SelfMetrics {
                 "tokentap_tls_connections_evicted_total",
                 "TLS connections forgotten after being idle too long.",
             ),
+            connections_closed: counter_vec(
+                r,
+                "tokentap_tls_connections_closed_total",
+                "TLS connections ended, by reason (freed: SSL_free; process_exited: the process exited or exec'd with the connection still open). Evictions are counted in tokentap_tls_connections_evicted_total.",
+                &["reason"],
+            ),
             connections_open: gauge(
                 r,
                 "tokentap_tls_connections_open",
@@ -180,6 +187,9 @@ impl SelfMetrics {
             if let Some(reason) = kernel_reason(c) {
                 metrics.kernel_lost.with_label_values(&[reason]);
             }
+        }
+        for reason in ["freed", "process_exited"] {
+            metrics.connections_closed.with_label_values(&[reason]);
         }
         for d in ["write", "read"] {
             metrics.captured_bytes.with_label_values(&[d]);
@@ -263,6 +273,18 @@ impl SelfMetrics {
             &self.connections_evicted,
             assembler.connections_evicted + assembler.connections_over_cap,
             last.assembler.connections_evicted + last.assembler.connections_over_cap,
+        );
+        inc(
+            &self.connections_closed.with_label_values(&["freed"]),
+            assembler.connections_freed,
+            last.assembler.connections_freed,
+        );
+        inc(
+            &self
+                .connections_closed
+                .with_label_values(&["process_exited"]),
+            assembler.connections_closed_at_exit,
+            last.assembler.connections_closed_at_exit,
         );
         for (i, c) in KernelCounter::ALL.iter().enumerate() {
             match kernel_reason(*c) {

@@ -103,6 +103,10 @@ pub struct AssemblerStats {
     pub connections_evicted: u64,
     /// Connections dropped because `MAX_CONNECTIONS` were tracked.
     pub connections_over_cap: u64,
+    /// Connections ended by `SSL_free`.
+    pub connections_freed: u64,
+    /// Connections ended because their process exited (or exec'd) without freeing them.
+    pub connections_closed_at_exit: u64,
 }
 
 /// Connections tracked at once; past this the longest-idle ones are dropped (counted).
@@ -308,6 +312,7 @@ impl StreamAssembler {
     /// The `SSL*` was freed: the connection is over.
     pub fn close(&mut self, key: ConnKey, emit: &mut dyn FnMut(StreamItem<'_, '_>)) {
         if self.conns.remove(&key).is_some() {
+            self.stats.connections_freed += 1;
             emit(StreamItem::Closed {
                 key,
                 reason: CloseReason::Freed,
@@ -326,6 +331,7 @@ impl StreamAssembler {
         gone.sort_unstable();
         for key in gone {
             self.conns.remove(&key);
+            self.stats.connections_closed_at_exit += 1;
             emit(StreamItem::Closed {
                 key,
                 reason: CloseReason::ProcessExited,
@@ -662,6 +668,14 @@ mod tests {
         );
         a.close(ConnKey { tgid: 7, conn: 1 }, &mut |i| out.take(i));
         assert_eq!(a.open_connections(), 0);
+        // A second notice for a connection already gone is not counted again.
+        a.close(ConnKey { tgid: 7, conn: 1 }, &mut |i| out.take(i));
+        a.process_exited(8, &mut |i| out.take(i));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.connections_freed, stats.connections_closed_at_exit),
+            (1, 1)
+        );
     }
 
     #[test]

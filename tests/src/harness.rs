@@ -260,7 +260,8 @@ impl Stream {
     }
 }
 
-/// Key of a stream: (pid, conn, direction).
+/// Key of a stream: (pid, conn, direction). A connection whose `SSL*` address was used
+/// again after a close gets `conn#N` for its N-th reuse.
 pub type StreamKey = (u64, String, String);
 
 /// Everything one `tokentap capture` run printed.
@@ -277,11 +278,17 @@ impl CaptureLog {
         let mut streams: BTreeMap<StreamKey, Stream> = BTreeMap::new();
         let mut closes = Vec::new();
         let mut summary = None;
+        // Closes seen per (pid, SSL* address): data after a close is a new connection.
+        let mut generation: BTreeMap<(u64, String), u32> = BTreeMap::new();
         for line in out.lines() {
             let v: Value =
                 serde_json::from_str(line).with_context(|| format!("bad line {line}"))?;
             let pid = v["pid"].as_u64().unwrap_or(0);
-            let conn = v["conn"].as_str().unwrap_or("").to_owned();
+            let address = v["conn"].as_str().unwrap_or("").to_owned();
+            let conn = match generation.get(&(pid, address.clone())) {
+                Some(&n) if n > 0 => format!("{address}#{n}"),
+                _ => address.clone(),
+            };
             let dir = v["direction"].as_str().unwrap_or("").to_owned();
             match v["type"].as_str() {
                 Some("data") => {
@@ -330,6 +337,7 @@ impl CaptureLog {
                 }
                 Some("close") => {
                     closes.push((pid, conn, v["reason"].as_str().unwrap_or("").to_owned()));
+                    *generation.entry((pid, address)).or_default() += 1;
                 }
                 Some("summary") => summary = Some(v),
                 other => bail!("unknown line type {other:?}"),

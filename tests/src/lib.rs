@@ -1,4 +1,5 @@
 pub mod fake_kube;
+pub mod fault;
 pub mod genai_check;
 pub mod harness;
 pub mod mock_provider;
@@ -6,4 +7,5 @@ pub mod otlp_receiver;
 pub mod prom;
 pub mod prometheus;
 pub mod sdk;
+pub mod soak;
 pub mod tls_server;

@@ -57,6 +57,16 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// Soak: mixed LLM traffic from short-lived client processes while the agent runs, then a
+    /// call-by-call check of its exchange log; report in bench-results/soak.md.
+    Soak {
+        /// How long the traffic runs.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Client processes at a time.
+        #[arg(long, default_value_t = 6)]
+        concurrency: usize,
+    },
 }
 
 const BPF_LINKER_VERSION: &str = "0.10.2";
@@ -87,6 +97,12 @@ fn main() {
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
+        Task::Soak {
+            minutes,
+            concurrency,
+        } => setup()
+            .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| soak(minutes, concurrency)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -455,6 +471,35 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
             ])
             .arg("--out")
             .arg(root.join("bench-results/overhead.md")),
+    )
+}
+
+fn soak(minutes: f64, concurrency: usize) -> anyhow::Result<()> {
+    build()?;
+    if !is_root() {
+        bail!("the soak runs the agent, which loads eBPF programs: run `sudo -E cargo xtask soak`");
+    }
+    let root = workspace_root();
+    run_cmd(
+        tool("cargo")
+            .current_dir(&root)
+            .env("TOKENTAP_BIN", target_dir().join("release/tokentap"))
+            .env("TOKENTAP_SDK_PYTHON", sdk_python())
+            .args([
+                "run",
+                "--release",
+                "--package",
+                "tokentap-tests",
+                "--bin",
+                "soak",
+                "--",
+                "--minutes",
+                &minutes.to_string(),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--out",
+            ])
+            .arg(root.join("bench-results/soak.md")),
     )
 }
 
