@@ -13,6 +13,7 @@ pub mod cost;
 pub mod discovery;
 pub mod exchange_log;
 pub mod exchanges;
+pub mod go_binary;
 pub mod http;
 pub mod llm;
 pub mod metrics;
