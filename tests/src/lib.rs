@@ -1,4 +1,5 @@
 pub mod genai_check;
+pub mod go_client;
 pub mod harness;
 pub mod mock_provider;
 pub mod otlp_receiver;

@@ -68,6 +68,7 @@ var (
 	rounds   = flag.Int("rounds", 3, "rounds per goroutine (each: JSON, OpenAI stream, Anthropic stream)")
 	rawCalls = flag.Int("raw", 2, "hand-written HTTP/1.1 calls reading into a stack buffer")
 	depth    = flag.Int("depth", 2000, "recursion depth (1 KiB frames) before each call")
+	wait     = flag.Bool("wait-stdin", false, "read a line from stdin before the first call")
 )
 
 var (
@@ -119,6 +120,11 @@ func main() {
 		MaxIdleConnsPerHost: *workers,
 	}
 	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	if *wait {
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fail("waiting for the go-ahead on stdin: %v", err)
+		}
+	}
 
 	stopGC := make(chan struct{})
 	gcDone := make(chan struct{})
