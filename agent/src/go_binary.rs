@@ -3,7 +3,7 @@
 //! Receives: the bytes of an ELF file (a slice, or a [`object::ReadCache`] over an open file,
 //! so that a non-Go executable costs only its headers). Emits: [`GoTlsHooks`], the file
 //! offsets of the entry of `crypto/tls.(*Conn).Write`, `.Read` and `.Close` and of every
-//! `RET` instruction of `Write` and `Read`, or a [`GoBinaryError`] saying why not.
+//! `RET` instruction of `Read`, or a [`GoBinaryError`] saying why not.
 //!
 //! Return probes go on the `RET` instructions because a uretprobe replaces the return address
 //! on the stack with a trampoline, and Go's runtime, which walks and copies goroutine stacks,
@@ -58,7 +58,8 @@ pub struct GoFunction {
 pub struct GoTlsHooks {
     /// The toolchain's version string (`go1.19.8`).
     pub version: String,
-    pub write: GoFunction,
+    /// Entry of `(*Conn).Write` (writes are copied at entry: see `ebpf/src/probes/go_tls.rs`).
+    pub write: u64,
     pub read: GoFunction,
     /// Entry of `(*Conn).Close`, which ends a connection; absent if the linker dropped it.
     pub close: Option<u64>,
@@ -124,7 +125,7 @@ pub fn analyse<'data, R: ReadRef<'data>>(data: R) -> Result<GoTlsHooks, GoBinary
             "{version} predates the register ABI of Go 1.17"
         )));
     }
-    let write = function(&elf, data, write)?;
+    let write = file_offset(&elf, write.0)?;
     let read = function(&elf, data, read)?;
     let close = match symbols.close {
         Some((addr, _)) => Some(file_offset(&elf, addr)?),
@@ -485,26 +486,27 @@ mod tests {
         let hooks = analyse(&bytes[..]).expect("hooks found");
         let version = parse_version(&hooks.version).expect("a Go version");
         assert!(version >= FIRST_REGISTER_ABI, "{}", hooks.version);
-        for f in [&hooks.write, &hooks.read] {
-            assert!(!f.returns.is_empty());
-            for &r in &f.returns {
-                assert!(r > f.entry && r < f.entry + 0x10000);
-                let insn = &bytes[r as usize..];
-                assert!(
-                    insn[0] == 0xc3 || insn[..2] == [0xf3, 0xc3],
-                    "not a RET at {r:#x}: {:02x?}",
-                    &insn[..4]
-                );
-            }
+        let read = &hooks.read;
+        assert!(!read.returns.is_empty());
+        for &r in &read.returns {
+            assert!(r > read.entry && r < read.entry + 0x10000);
+            let insn = &bytes[r as usize..];
+            assert!(
+                insn[0] == 0xc3 || insn[..2] == [0xf3, 0xc3],
+                "not a RET at {r:#x}: {:02x?}",
+                &insn[..4]
+            );
         }
         // ABIInternal functions open with the stack-bound check against g (R14): a
         // `cmp rsp, [r14+16]` (49 3b 66 10) or, for big frames, a `lea` then `cmp`.
-        let entry = &bytes[hooks.read.entry as usize..][..8];
-        assert!(
-            entry.windows(4).any(|w| w == [0x49, 0x3b, 0x66, 0x10])
-                || entry.starts_with(&[0x4c, 0x8d]),
-            "unexpected prologue {entry:02x?}"
-        );
+        for entry in [hooks.write, read.entry] {
+            let entry = &bytes[entry as usize..][..8];
+            assert!(
+                entry.windows(4).any(|w| w == [0x49, 0x3b, 0x66, 0x10])
+                    || entry.starts_with(&[0x4c, 0x8d]),
+                "unexpected prologue {entry:02x?}"
+            );
+        }
         assert!(hooks.close.is_some());
         // Analysing through a lazily read file gives the same answer.
         let file = std::fs::File::open(plain).expect("open");

@@ -26,8 +26,6 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     /// Arguments of in-flight Go `crypto/tls.(*Conn).Read` calls, keyed by [`super::GoCallKey`].
     pub const GO_READ_ARGS: &str = "GO_READ_ARGS";
-    /// Arguments of in-flight Go `crypto/tls.(*Conn).Write` calls, keyed by [`super::GoCallKey`].
-    pub const GO_WRITE_ARGS: &str = "GO_WRITE_ARGS";
 }
 
 /// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
@@ -42,10 +40,8 @@ pub mod programs {
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     pub const DL_DEBUG_STATE: &str = "dl_debug_state";
-    /// Go `crypto/tls.(*Conn).Write` entry.
+    /// Go `crypto/tls.(*Conn).Write` entry, where the bytes are copied.
     pub const GO_TLS_WRITE_ENTER: &str = "go_tls_write_enter";
-    /// Attached to every `RET` instruction of Go `crypto/tls.(*Conn).Write` (not a uretprobe).
-    pub const GO_TLS_WRITE_RETURN: &str = "go_tls_write_return";
     /// Go `crypto/tls.(*Conn).Read` entry.
     pub const GO_TLS_READ_ENTER: &str = "go_tls_read_enter";
     /// Attached to every `RET` instruction of Go `crypto/tls.(*Conn).Read` (not a uretprobe).
@@ -315,7 +311,7 @@ pub struct CallArgs {
     pub ktime_ns: u64,
 }
 
-/// Key of [`maps::GO_READ_ARGS`] and [`maps::GO_WRITE_ARGS`]: a goroutine. A goroutine blocked
+/// Key of [`maps::GO_READ_ARGS`]: a goroutine. A goroutine blocked
 /// in `Read` may resume on another thread, so the thread id cannot key its call; the address
 /// of its `runtime.g` (in R14 under Go's register ABI) is stable for the goroutine's life.
 #[repr(C)]
@@ -326,7 +322,7 @@ pub struct GoCallKey {
     pub _reserved: u32,
 }
 
-/// Arguments of an in-flight Go `crypto/tls.(*Conn).Read` or `.Write`, stashed at entry.
+/// Arguments of an in-flight Go `crypto/tls.(*Conn).Read`, stashed at entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GoCallArgs {
@@ -337,8 +333,6 @@ pub struct GoCallArgs {
     /// buffer can be found again if the runtime moved the stack during the call (copying
     /// keeps offsets from the top); 0 otherwise.
     pub stack_hi_offset: u64,
-    /// Entry time.
-    pub ktime_ns: u64,
 }
 
 /// Key of [`maps::CONN_OFFSETS`]: a connection direction.

@@ -25,13 +25,9 @@ pub(crate) static READ_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_en
 #[map]
 pub(crate) static WRITE_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(65536, 0);
 
-/// Go `crypto/tls` calls in flight, keyed by goroutine (see `probes/go_tls.rs`).
+/// Go `crypto/tls` reads in flight, keyed by goroutine (see `probes/go_tls.rs`).
 #[map]
 pub(crate) static GO_READ_ARGS: LruHashMap<GoCallKey, GoCallArgs> =
-    LruHashMap::with_max_entries(16384, 0);
-
-#[map]
-pub(crate) static GO_WRITE_ARGS: LruHashMap<GoCallKey, GoCallArgs> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// Bytes each connection direction has carried, so that every record can say where its call

@@ -117,15 +117,21 @@ impl GoClient {
     /// Lets the client make its calls, waits for it, and parses its report.
     pub fn run(mut self) -> anyhow::Result<GoReport> {
         if let Some(mut stdin) = self.child.stdin.take() {
-            stdin.write_all(b"go\n").context("releasing the Go client")?;
+            stdin
+                .write_all(b"go\n")
+                .context("releasing the Go client")?;
         }
-        let out = self.child.wait_with_output().context("waiting for the Go client")?;
+        let out = self
+            .child
+            .wait_with_output()
+            .context("waiting for the Go client")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             bail!("the Go client failed ({}):\n{stderr}\n{stdout}", out.status);
         }
-        serde_json::from_str(&stdout)
-            .with_context(|| format!("the Go client's output is not its report:\n{stdout}\n{stderr}"))
+        serde_json::from_str(&stdout).with_context(|| {
+            format!("the Go client's output is not its report:\n{stdout}\n{stderr}")
+        })
     }
 }

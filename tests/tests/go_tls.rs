@@ -50,9 +50,12 @@ fn wait_for_log(agent: &Agent, needles: &[&str]) -> String {
 fn truth_by_model(calls: &[GoCall]) -> BTreeMap<String, Vec<(u64, u64, bool, u16)>> {
     let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for c in calls {
-        out.entry(c.request_model.clone())
-            .or_default()
-            .push((c.input, c.output, c.streaming, c.status));
+        out.entry(c.request_model.clone()).or_default().push((
+            c.input,
+            c.output,
+            c.streaming,
+            c.status,
+        ));
     }
     out.values_mut().for_each(|v| v.sort_unstable());
     out
@@ -81,17 +84,32 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
     std::fs::create_dir_all(&log_dir).expect("log dir");
     let log_path = log_dir.join("exchanges.jsonl");
     let log_arg = log_path.to_str().expect("utf-8 path");
-    let agent = Agent::start(&["agent", "--listen", "127.0.0.1:0", "--log-exchanges", log_arg])
-        .expect("start tokentap agent");
+    let agent = Agent::start(&[
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-exchanges",
+        log_arg,
+    ])
+    .expect("start tokentap agent");
     let addr = listen_addr(&agent);
 
     // The agent hooks the executable when the process starts (exec tracepoint); the client
     // waits for the go-ahead, so that no call races the attach.
-    let client = GoClient::start(&exe, &mock, &["-goroutines", "4", "-rounds", "3", "-raw", "3"])
-        .expect("start the Go client");
-    let hooked = wait_for_log(&agent, &["hooked", GO_CLIENT_NAME, "crypto/tls.(*Conn).Read"]);
+    let client = GoClient::start(
+        &exe,
+        &mock,
+        &["-goroutines", "4", "-rounds", "3", "-raw", "3"],
+    )
+    .expect("start the Go client");
+    let hooked = wait_for_log(
+        &agent,
+        &["hooked", GO_CLIENT_NAME, "crypto/tls.(*Conn).Read"],
+    );
     eprintln!("{hooked}");
-    let report = client.run().expect("the Go client runs to the end without crashing");
+    let report = client
+        .run()
+        .expect("the Go client runs to the end without crashing");
     eprintln!(
         "{GO_CLIENT_NAME} (pid {}, {}): {} calls; {} of {} stack-buffer reads saw the stack move",
         report.pid,
@@ -107,7 +125,11 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
         assert!(c.error.is_none() && c.status == 200, "{c:?}");
         assert!(c.input > 0 && c.output > 0, "{c:?}");
         // The mock offers only http/1.1; Go's net/http (ForceAttemptHTTP2) asked for h2 too.
-        assert_eq!((c.proto.as_str(), c.alpn.as_str()), ("HTTP/1.1", "http/1.1"), "{c:?}");
+        assert_eq!(
+            (c.proto.as_str(), c.alpn.as_str()),
+            ("HTTP/1.1", "http/1.1"),
+            "{c:?}"
+        );
         assert!(!c.streaming || c.ttfc_s > 0.0, "{c:?}");
     }
     let mock_records = mock.wait_requests(report.calls.len(), Duration::from_secs(10));
@@ -141,7 +163,10 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
         assert_eq!(r["capture_gaps"], false, "{r}");
         assert!(r["error_type"].is_null(), "{r}");
         if r["streaming"] == true {
-            assert!(r["time_to_first_chunk_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+            assert!(
+                r["time_to_first_chunk_s"].as_f64().is_some_and(|t| t > 0.0),
+                "{r}"
+            );
         }
         seen.entry(r["request_model"].as_str().unwrap_or("?").to_owned())
             .or_default()
@@ -164,14 +189,28 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
         let input: u64 = calls.iter().map(|c| c.0).sum();
         let output: u64 = calls.iter().map(|c| c.1).sum();
         let streams = calls.iter().filter(|c| c.2).count() as f64;
-        assert_eq!(sum_series(&samples, "tokentap_requests_total", model, &[]), n, "{model}");
         assert_eq!(
-            sum_series(&samples, "tokentap_tokens_total", model, &[("gen_ai_token_type", "input")]),
+            sum_series(&samples, "tokentap_requests_total", model, &[]),
+            n,
+            "{model}"
+        );
+        assert_eq!(
+            sum_series(
+                &samples,
+                "tokentap_tokens_total",
+                model,
+                &[("gen_ai_token_type", "input")]
+            ),
             input as f64,
             "{model} input tokens"
         );
         assert_eq!(
-            sum_series(&samples, "tokentap_tokens_total", model, &[("gen_ai_token_type", "output")]),
+            sum_series(
+                &samples,
+                "tokentap_tokens_total",
+                model,
+                &[("gen_ai_token_type", "output")]
+            ),
             output as f64,
             "{model} output tokens"
         );
@@ -186,24 +225,26 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
             "{model} streams with a time to first chunk"
         );
         assert!(
-            samples.iter().any(|s| s.label("gen_ai_request_model") == model
-                && s.label("process_executable_name") == GO_CLIENT_NAME),
+            samples
+                .iter()
+                .any(|s| s.label("gen_ai_request_model") == model
+                    && s.label("process_executable_name") == GO_CLIENT_NAME),
             "{model}: no series for {GO_CLIENT_NAME}"
         );
     }
-    for series in [
-        "tokentap_calls_lost_total",
+    // Nothing lost anywhere: kernel-side losses, gaps, calls lost whole, stale stashes.
+    for name in [
+        "tokentap_events_lost_total",
         "tokentap_stream_gaps_total",
+        "tokentap_calls_lost_total",
         "tokentap_stream_offset_resets_total",
+        "tokentap_records_out_of_order_total",
     ] {
-        assert_eq!(metric(&text, series), Some(0.0), "{series}");
+        let found: Vec<_> = samples.iter().filter(|s| s.name == name).collect();
+        assert!(!found.is_empty(), "{name} missing from /metrics");
+        let total: f64 = found.iter().map(|s| s.value).sum();
+        assert_eq!(total, 0.0, "{name}:\n{text}");
     }
-    let lost: f64 = samples
-        .iter()
-        .filter(|s| s.name == "tokentap_events_lost_total")
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(lost, 0.0, "kernel-side losses:\n{text}");
     assert!(
         !agent_log
             .lines()
@@ -225,8 +266,12 @@ fn stripped_go_binary_is_reported_unsupported() {
     let mock = MockProvider::start().expect("start the mock provider");
     let agent = Agent::start(&["agent", "--listen", "127.0.0.1:0"]).expect("start tokentap agent");
     let addr = listen_addr(&agent);
-    let client = GoClient::start(&exe, &mock, &["-goroutines", "1", "-rounds", "1", "-raw", "0"])
-        .expect("start the Go client");
+    let client = GoClient::start(
+        &exe,
+        &mock,
+        &["-goroutines", "1", "-rounds", "1", "-raw", "0"],
+    )
+    .expect("start the Go client");
     let line = wait_for_log(&agent, &["cannot hook", GO_CLIENT_NAME]);
     assert!(line.contains("-ldflags=-s"), "{line}");
     let report = client.run().expect("the Go client runs");

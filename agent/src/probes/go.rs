@@ -1,5 +1,5 @@
-//! Attaching to Go executables: `crypto/tls.(*Conn).Write`/`.Read` entries, a uprobe on each of
-//! their `RET` instructions (never uretprobes: Go moves stacks), and `.Close`.
+//! Attaching to Go executables: `crypto/tls.(*Conn).Write`/`.Read` entries, a uprobe on each
+//! `RET` instruction of `Read` (never uretprobes: Go moves stacks), and `.Close`.
 //!
 //! Where the probes go is decided by the pure [`crate::go_binary`]; this is the kernel edge.
 //! Every executable is looked at once per (device, inode): one attach covers every process
@@ -17,9 +17,8 @@ use crate::{
 };
 
 /// The Go kernel programs, loaded with the others.
-pub(super) const GO_PROGRAMS: [&str; 5] = [
+pub(super) const GO_PROGRAMS: [&str; 4] = [
     programs::GO_TLS_WRITE_ENTER,
-    programs::GO_TLS_WRITE_RETURN,
     programs::GO_TLS_READ_ENTER,
     programs::GO_TLS_READ_RETURN,
     programs::GO_TLS_CLOSE,
@@ -78,10 +77,9 @@ impl Probes {
                 .collect(),
         };
         log::debug!(
-            "{}: {} uprobes ({} on RET instructions)",
+            "{}: {links} uprobes ({} on RET instructions of Read)",
             attached.display,
-            links,
-            hooks.write.returns.len() + hooks.read.returns.len()
+            hooks.read.returns.len()
         );
         self.attached.insert(key, attached.clone());
         Ok(AttachOutcome::Attached(attached))
@@ -106,19 +104,12 @@ fn attach_hooks(
     let mut plan: Vec<(&'static str, u64)> = Vec::new();
     plan.extend(
         hooks
-            .write
-            .returns
-            .iter()
-            .map(|&o| (programs::GO_TLS_WRITE_RETURN, o)),
-    );
-    plan.extend(
-        hooks
             .read
             .returns
             .iter()
             .map(|&o| (programs::GO_TLS_READ_RETURN, o)),
     );
-    plan.push((programs::GO_TLS_WRITE_ENTER, hooks.write.entry));
+    plan.push((programs::GO_TLS_WRITE_ENTER, hooks.write));
     plan.push((programs::GO_TLS_READ_ENTER, hooks.read.entry));
     if let Some(close) = hooks.close {
         plan.push((programs::GO_TLS_CLOSE, close));

@@ -3,17 +3,25 @@
 //!
 //! Go's internal register ABI passes the receiver in RAX, `b`'s pointer, length and capacity
 //! in RBX, RCX, RDI, and returns `n` in RAX (the error in RBX:RCX); R14 holds the current
-//! goroutine's `runtime.g`. Return probes are uprobes on each `RET` instruction of the two
-//! functions, placed by the agent: a uretprobe rewrites the return address on the stack, which
-//! Go's stack copying and tracebacks cannot follow.
+//! goroutine's `runtime.g`.
 //!
-//! Calls are keyed by goroutine, not thread: a goroutine blocked in `Read` parks, and resumes
-//! on whichever thread the scheduler picks. A buffer on the goroutine's own stack is found
-//! again at return through the stack's top, since the runtime may have moved the stack (grown
-//! or shrunk it) while the call was blocked.
+//! `Write` is copied at entry, whole: Go's HTTP client writes a request on one goroutine and
+//! reads the answer on another, so a copy made at `Write`'s return can reach the ring buffer
+//! after the answer (the reader runs on another CPU while the writer is still on its way
+//! out), and user space would pair requests with the wrong responses. Copying at entry puts
+//! the request in the ring before its first byte is on the socket. `Write` sends all of `b`
+//! or fails, and a failed write leaves the `tls.Conn` broken for good ("all future writes
+//! will return the same error"), so the only bytes this can over-report are those of a
+//! connection's last, failed, write.
 //!
-//! Writes keep their entry time, reads their return time, as for OpenSSL; only the `n` bytes
-//! the call moved are copied, so a failed or short call is exact.
+//! `Read` is copied at return (only then are the bytes there, and `n` known): uprobes on each
+//! `RET` instruction of the function, placed by the agent; a uretprobe would rewrite the
+//! return address on the stack, which Go's stack copying and tracebacks cannot follow. Reads
+//! are keyed by goroutine, not thread: a goroutine blocked in `Read` parks, and resumes on
+//! whichever thread the scheduler picks. A buffer on the goroutine's own stack is found again
+//! at return through the stack's top, since the runtime may have moved the stack (grown or
+//! shrunk it) while the call was blocked. Writes keep their entry time, reads their return
+//! time, as for OpenSSL.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -25,20 +33,25 @@ use tokentap_common::{Direction, GoCallArgs, GoCallKey, KernelCounter, TlsFuncti
 
 use crate::{
     capture::{TlsCall, emit_tls_call},
-    maps::{GO_READ_ARGS, GO_WRITE_ARGS, count},
+    maps::{GO_READ_ARGS, count},
     probes::ssl_free::end_connection,
 };
 
 #[uprobe]
 pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
-    let _ = stash(&ctx, &GO_WRITE_ARGS);
-    0
-}
-
-/// Attached to every `RET` of `crypto/tls.(*Conn).Write`.
-#[uprobe]
-pub fn go_tls_write_return(ctx: ProbeContext) -> u32 {
-    let _ = finish(&ctx, &GO_WRITE_ARGS, Direction::Write);
+    // SAFETY: a uprobe's context is the task's saved user registers.
+    let (conn, buf_addr, len) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
+    // `len` is a Go int: negative never happens, but must not become a huge length.
+    if conn != 0 && buf_addr != 0 && (len as i64) > 0 {
+        emit_tls_call(&TlsCall {
+            conn,
+            buf_addr,
+            call_len: len,
+            direction: Direction::Write,
+            function: TlsFunction::GoTlsWrite,
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+        });
+    }
     0
 }
 
@@ -51,7 +64,7 @@ pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
 /// Attached to every `RET` of `crypto/tls.(*Conn).Read`.
 #[uprobe]
 pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
-    let _ = finish(&ctx, &GO_READ_ARGS, Direction::Read);
+    let _ = finish(&ctx, &GO_READ_ARGS);
     0
 }
 
@@ -98,7 +111,6 @@ fn stash(ctx: &ProbeContext, map: &LruHashMap<GoCallKey, GoCallArgs>) -> Result<
         conn,
         buf_addr,
         stack_hi_offset,
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
     };
     // A call that grew the stack re-runs from its first instruction: this overwrite then
     // records the arguments as they are after the move.
@@ -109,11 +121,7 @@ fn stash(ctx: &ProbeContext, map: &LruHashMap<GoCallKey, GoCallArgs>) -> Result<
 }
 
 #[inline(always)]
-fn finish(
-    ctx: &ProbeContext,
-    map: &LruHashMap<GoCallKey, GoCallArgs>,
-    direction: Direction,
-) -> Result<(), ()> {
+fn finish(ctx: &ProbeContext, map: &LruHashMap<GoCallKey, GoCallArgs>) -> Result<(), ()> {
     let return_ktime = unsafe { bpf_ktime_get_ns() };
     let key = call_key(ctx)?;
     let Some(args) = (unsafe { map.get(&key) }).copied() else {
@@ -137,17 +145,13 @@ fn finish(
     if buf_addr == 0 {
         return Ok(());
     }
-    let (function, ktime_ns) = match direction {
-        Direction::Write => (TlsFunction::GoTlsWrite, args.ktime_ns),
-        Direction::Read => (TlsFunction::GoTlsRead, return_ktime),
-    };
     emit_tls_call(&TlsCall {
         conn: args.conn,
         buf_addr,
         call_len: n as u64,
-        direction,
-        function,
-        ktime_ns,
+        direction: Direction::Read,
+        function: TlsFunction::GoTlsRead,
+        ktime_ns: return_ktime,
     });
     Ok(())
 }
