@@ -426,6 +426,15 @@ mod tests {
     }
 
     #[test]
+    fn opens_a_process_executable_itself() {
+        let exe = process_executable(Path::new("/proc"), std::process::id()).expect("own exe");
+        let own = std::fs::metadata(std::env::current_exe().expect("own path")).expect("stat");
+        assert_eq!((exe.dev, exe.inode), (own.dev(), own.ino()));
+        assert_eq!(exe.kind, LibraryKind::GoExecutable);
+        assert!(exe.display.ends_with(&format!("(pid {})", std::process::id())));
+    }
+
+    #[test]
     fn own_process_maps_are_readable() {
         // This test binary maps no libssl, but its dynamic loader.
         let (libs, errors) =
