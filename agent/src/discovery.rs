@@ -431,7 +431,10 @@ mod tests {
         let own = std::fs::metadata(std::env::current_exe().expect("own path")).expect("stat");
         assert_eq!((exe.dev, exe.inode), (own.dev(), own.ino()));
         assert_eq!(exe.kind, LibraryKind::GoExecutable);
-        assert!(exe.display.ends_with(&format!("(pid {})", std::process::id())));
+        assert!(
+            exe.display
+                .ends_with(&format!("(pid {})", std::process::id()))
+        );
     }
 
     #[test]
