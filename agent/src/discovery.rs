@@ -80,6 +80,8 @@ pub enum LibraryKind {
     OpenSsl,
     /// glibc's or musl's dynamic loader: `_dl_debug_state` reports library loads.
     DynamicLoader,
+    /// A process's executable, hooked if it is a Go program linking `crypto/tls`.
+    GoExecutable,
 }
 
 /// The kind of library a path names, if tokentap hooks it.
@@ -295,6 +297,19 @@ pub fn standard_libraries(root: &Path) -> Vec<LibraryFile> {
     out
 }
 
+/// The executable `pid` runs, opened through `/proc/PID/exe` (the very file, whatever the
+/// process's mount namespace), as a candidate Go program.
+pub fn process_executable(proc_root: &Path, pid: u32) -> io::Result<LibraryFile> {
+    let link = proc_root.join(format!("{pid}/exe"));
+    let file = File::open(&link)?;
+    let path = std::fs::read_link(&link).unwrap_or(link);
+    LibraryFile::from_file(
+        LibraryKind::GoExecutable,
+        file,
+        format!("{} (pid {pid})", path.display()),
+    )
+}
+
 /// An OpenSSL library given on the command line.
 pub fn libssl_at(path: &Path) -> io::Result<LibraryFile> {
     let file = File::open(path)?;
@@ -490,6 +505,18 @@ mod tests {
             libs[0].display
         );
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn opens_a_process_executable_itself() {
+        let exe = process_executable(Path::new("/proc"), std::process::id()).expect("own exe");
+        let own = std::fs::metadata(std::env::current_exe().expect("own path")).expect("stat");
+        assert_eq!((exe.dev, exe.inode), (own.dev(), own.ino()));
+        assert_eq!(exe.kind, LibraryKind::GoExecutable);
+        assert!(
+            exe.display
+                .ends_with(&format!("(pid {})", std::process::id()))
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod exchange_log;
 pub mod exchanges;
 #[cfg(test)]
 mod hostile_input_tests;
+pub mod go_binary;
 pub mod http;
 pub mod llm;
 pub mod metrics;

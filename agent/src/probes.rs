@@ -17,6 +17,8 @@ use tokentap_common::{
 
 use crate::discovery::{LibraryFile, LibraryKind};
 
+mod go;
+
 /// The compiled eBPF object, embedded by `build.rs` (empty when built without it).
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokentap-ebpf.o"));
@@ -114,6 +116,9 @@ pub struct AttachError {
 pub enum AttachOutcome {
     Attached(AttachedLibrary),
     AlreadyAttached,
+    /// Not a TLS stack tokentap hooks (an executable that is not a Go program with
+    /// `crypto/tls`).
+    NothingToHook,
 }
 
 /// The dynamic loader's debugger hook, called after every change to a process's link map.
@@ -141,6 +146,7 @@ pub struct Probes {
     rejected: HashMap<(u64, u64), String>,
     /// The kernel refused to create a uprobe for lack of privilege (see [`UPROBE_PRIVILEGE`]).
     uprobe_permission_denied: bool,
+    go: go::GoExecutables,
     /// Whether process starts and exits are seen as they happen (BTF tracepoints).
     pub process_watch: Result<(), String>,
 }
@@ -168,7 +174,10 @@ impl Probes {
             programs::SSL_WRITE_RETURN,
             programs::SSL_FREE,
             programs::DL_DEBUG_STATE,
-        ] {
+        ]
+        .into_iter()
+        .chain(go::GO_PROGRAMS)
+        {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|source| ProbeError::Program {
                 name,
@@ -182,6 +191,7 @@ impl Probes {
             attached: HashMap::new(),
             rejected: HashMap::new(),
             uprobe_permission_denied: false,
+            go: go::GoExecutables::default(),
             process_watch,
         })
     }
@@ -234,16 +244,19 @@ impl Probes {
         self.attached.values()
     }
 
-    /// TLS library files hooked (the loaders are not counted).
+    /// TLS library files hooked, Go executables included (the loaders are not counted).
     pub fn tls_libraries(&self) -> usize {
         self.attached
             .values()
-            .filter(|a| a.kind == LibraryKind::OpenSsl)
+            .filter(|a| matches!(a.kind, LibraryKind::OpenSsl | LibraryKind::GoExecutable))
             .count()
     }
 
     /// Attaches the OpenSSL hooks to `lib` unless this file is already hooked.
     pub fn attach_library(&mut self, lib: &LibraryFile) -> Result<AttachOutcome, AttachError> {
+        if lib.kind == LibraryKind::GoExecutable {
+            return self.attach_go_executable(lib);
+        }
         let key = (lib.dev, lib.inode);
         if self.attached.contains_key(&key) {
             return Ok(AttachOutcome::AlreadyAttached);
@@ -260,6 +273,7 @@ impl Probes {
         let hooks = match lib.kind {
             LibraryKind::OpenSsl => SSL_HOOKS,
             LibraryKind::DynamicLoader => LOADER_HOOKS,
+            LibraryKind::GoExecutable => &[],
         };
         for &(name, function) in hooks {
             match attach_uprobe(&mut self.ebpf, name, function, &target) {
@@ -279,7 +293,7 @@ impl Probes {
                 (functions.contains(&"SSL_read") || functions.contains(&"SSL_read_ex"))
                     && (functions.contains(&"SSL_write") || functions.contains(&"SSL_write_ex"))
             }
-            LibraryKind::DynamicLoader => !functions.is_empty(),
+            LibraryKind::DynamicLoader | LibraryKind::GoExecutable => !functions.is_empty(),
         };
         if !usable {
             let reason = format!("no usable symbols ({})", errors.join("; "));

@@ -124,7 +124,7 @@ impl<S: StreamSink> Runtime<S> {
             Ok(AttachOutcome::Attached(a)) => {
                 log::info!("hooked {}: {}", a.display, a.functions.join(", "));
             }
-            Ok(AttachOutcome::AlreadyAttached) => {}
+            Ok(AttachOutcome::AlreadyAttached | AttachOutcome::NothingToHook) => {}
             Err(e) => {
                 log::warn!("cannot hook {e}");
                 if let Ok(m) = self.metrics.lock() {
@@ -147,12 +147,20 @@ impl<S: StreamSink> Runtime<S> {
             // The process is gone, or a kernel thread: nothing to hook.
             Err(e) => log::trace!("pid {pid}: {e}"),
         }
+        if let Ok(exe) = discovery::process_executable(&self.options.proc_root, pid) {
+            self.offer(&exe);
+        }
     }
 
     pub fn attached_tls_libraries(&self) -> Vec<String> {
         self.probes
             .attached()
-            .filter(|a| a.kind == discovery::LibraryKind::OpenSsl)
+            .filter(|a| {
+                matches!(
+                    a.kind,
+                    discovery::LibraryKind::OpenSsl | discovery::LibraryKind::GoExecutable
+                )
+            })
             .map(|a| a.display.clone())
             .collect()
     }

@@ -169,7 +169,7 @@ impl SelfMetrics {
             libraries_attached: gauge(
                 r,
                 "tokentap_tls_libraries_attached",
-                "TLS library files the uprobes are attached to.",
+                "TLS library files (libssl, Go executables) the uprobes are attached to.",
             ),
             attach_errors: counter(
                 r,

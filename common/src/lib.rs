@@ -24,6 +24,8 @@ pub mod maps {
     pub const CONN_OFFSETS: &str = "CONN_OFFSETS";
     /// Per-CPU scratch space where a TLS data record is built before output.
     pub const SCRATCH: &str = "SCRATCH";
+    /// Arguments of in-flight Go `crypto/tls.(*Conn).Read` calls, keyed by [`super::GoCallKey`].
+    pub const GO_READ_ARGS: &str = "GO_READ_ARGS";
 }
 
 /// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
@@ -38,6 +40,14 @@ pub mod programs {
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     pub const DL_DEBUG_STATE: &str = "dl_debug_state";
+    /// Go `crypto/tls.(*Conn).Write` entry, where the bytes are copied.
+    pub const GO_TLS_WRITE_ENTER: &str = "go_tls_write_enter";
+    /// Go `crypto/tls.(*Conn).Read` entry.
+    pub const GO_TLS_READ_ENTER: &str = "go_tls_read_enter";
+    /// Attached to every `RET` instruction of Go `crypto/tls.(*Conn).Read` (not a uretprobe).
+    pub const GO_TLS_READ_RETURN: &str = "go_tls_read_return";
+    /// Go `crypto/tls.(*Conn).Close` entry: the connection is over.
+    pub const GO_TLS_CLOSE: &str = "go_tls_close";
 }
 
 /// Names of the globals the agent sets at load time.
@@ -124,6 +134,10 @@ pub enum TlsFunction {
     SslWriteEx = 1,
     SslRead = 2,
     SslReadEx = 3,
+    /// Go's `crypto/tls.(*Conn).Write`; `conn` is the `*tls.Conn`.
+    GoTlsWrite = 4,
+    /// Go's `crypto/tls.(*Conn).Read`; `conn` is the `*tls.Conn`.
+    GoTlsRead = 5,
 }
 
 impl TlsFunction {
@@ -133,6 +147,8 @@ impl TlsFunction {
             1 => Self::SslWriteEx,
             2 => Self::SslRead,
             3 => Self::SslReadEx,
+            4 => Self::GoTlsWrite,
+            5 => Self::GoTlsRead,
             _ => return None,
         })
     }
@@ -143,6 +159,36 @@ impl TlsFunction {
             Self::SslWriteEx => "SSL_write_ex",
             Self::SslRead => "SSL_read",
             Self::SslReadEx => "SSL_read_ex",
+            Self::GoTlsWrite => "crypto/tls.(*Conn).Write",
+            Self::GoTlsRead => "crypto/tls.(*Conn).Read",
+        }
+    }
+
+    /// The TLS implementation the hooked function belongs to.
+    pub const fn stack(self) -> TlsStack {
+        match self {
+            Self::SslWrite | Self::SslWriteEx | Self::SslRead | Self::SslReadEx => {
+                TlsStack::OpenSsl
+            }
+            Self::GoTlsWrite | Self::GoTlsRead => TlsStack::GoCryptoTls,
+        }
+    }
+}
+
+/// A TLS implementation tokentap hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsStack {
+    /// OpenSSL's `libssl` (`SSL_read*`/`SSL_write*`).
+    OpenSsl,
+    /// Go's `crypto/tls`, linked into a Go executable.
+    GoCryptoTls,
+}
+
+impl TlsStack {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OpenSsl => "openssl",
+            Self::GoCryptoTls => "go",
         }
     }
 }
@@ -263,6 +309,30 @@ pub struct CallArgs {
     pub len_addr: u64,
     /// Entry time.
     pub ktime_ns: u64,
+}
+
+/// Key of [`maps::GO_READ_ARGS`]: a goroutine. A goroutine blocked
+/// in `Read` may resume on another thread, so the thread id cannot key its call; the address
+/// of its `runtime.g` (in R14 under Go's register ABI) is stable for the goroutine's life.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoCallKey {
+    pub g: u64,
+    pub tgid: u32,
+    pub _reserved: u32,
+}
+
+/// Arguments of an in-flight Go `crypto/tls.(*Conn).Read`, stashed at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoCallArgs {
+    /// The `*tls.Conn`.
+    pub conn: u64,
+    pub buf_addr: u64,
+    /// When the buffer lies on the goroutine's stack: `stack.hi - buf_addr`, so that the
+    /// buffer can be found again if the runtime moved the stack during the call (copying
+    /// keeps offsets from the top); 0 otherwise.
+    pub stack_hi_offset: u64,
 }
 
 /// Key of [`maps::CONN_OFFSETS`]: a connection direction.

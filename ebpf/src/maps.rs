@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tokentap_common::{CallArgs, ConnDirKey, KernelCounter, TlsDataRecord};
+use tokentap_common::{CallArgs, ConnDirKey, GoCallArgs, GoCallKey, KernelCounter, TlsDataRecord};
 
 /// Default ring-buffer size; the agent overrides it at load time (`--ring-buffer-bytes`).
 const DEFAULT_EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -24,6 +24,11 @@ pub(crate) static READ_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_en
 
 #[map]
 pub(crate) static WRITE_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(65536, 0);
+
+/// Go `crypto/tls` reads in flight, keyed by goroutine (see `probes/go_tls.rs`).
+#[map]
+pub(crate) static GO_READ_ARGS: LruHashMap<GoCallKey, GoCallArgs> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Bytes each connection direction has carried, so that every record can say where its call
 /// starts in the stream. Deleted at `SSL_free`; LRU bounds what leaked connections cost.

@@ -1,6 +1,7 @@
 pub mod fake_kube;
 pub mod fault;
 pub mod genai_check;
+pub mod go_client;
 pub mod harness;
 pub mod mock_provider;
 pub mod otlp_receiver;

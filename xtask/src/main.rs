@@ -202,6 +202,8 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ]))?;
     }
+    // The Go toolchain builds the Go test programs (crypto/tls unit and end-to-end tests).
+    ensure_apt(&["golang-go"])?;
     Ok(())
 }
 

@@ -17,8 +17,16 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
 
 fn try_ssl_free(ctx: &ProbeContext) -> Result<(), ()> {
     let conn: u64 = ctx.arg(0).ok_or(())?;
+    end_connection(conn);
+    Ok(())
+}
+
+/// Forgets the connection's stream offsets and tells user space it is over (also used by Go's
+/// `crypto/tls.(*Conn).Close`).
+#[inline(always)]
+pub(crate) fn end_connection(conn: u64) {
     if conn == 0 {
-        return Ok(());
+        return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -45,5 +53,4 @@ fn try_ssl_free(ctx: &ProbeContext) -> Result<(), ()> {
     {
         count(KernelCounter::RingbufFull, 1);
     }
-    Ok(())
 }

@@ -1,0 +1,3 @@
+module tokentap.test/go_llm_client
+
+go 1.17
