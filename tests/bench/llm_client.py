@@ -16,7 +16,8 @@ process, as in tests/clients/sdk_client.py, so the URL, SNI and Host stay the re
 to that endpoint; the export thread runs in this process and its flush is inside the timed
 region, so its cost is counted.
 
-Prints one JSON object: calls, wall seconds and CPU seconds
+Prints `timed` when the timed loop starts (the benchmark then samples the observer's CPU), then
+one JSON object: calls, wall seconds and CPU seconds
 (user+sys of this process, from getrusage) of the timed loop only, and the tokens the SDK
 saw in the usage of every call this process made (warm-up included), which is what the
 agent must have counted.
@@ -109,6 +110,7 @@ async def main_async(a, seen, flush):
         if a.workload == "realistic":
             # Warm-up: open CONCURRENCY keep-alive connections and load the SDK's lazy parts.
             await asyncio.gather(*(stream_one(client, seen, 30) for _ in range(a.concurrency)))
+            print("timed", flush=True)
             t0, c0 = time.perf_counter(), cpu_seconds()
             for _ in range(a.rounds):
                 await asyncio.gather(*(stream_one(client, seen, 30) for _ in range(a.concurrency)))
@@ -117,6 +119,7 @@ async def main_async(a, seen, flush):
             return {"calls": a.rounds * a.concurrency, "wall_s": wall, "cpu_s": cpu}
         await long_one(client, seen, "warm up")
         prompt = "a" * (a.prompt_mb * 1_000_000)
+        print("timed", flush=True)
         t0, c0 = time.perf_counter(), cpu_seconds()
         for _ in range(a.calls):
             await long_one(client, seen, prompt)

@@ -22,8 +22,9 @@ Modes:
 otel and litellm need LLM calls, so the micro workload has no such columns.
 
 Runs are interleaved (the mode order rotates every run) and medians are reported: the client's
-wall time and CPU time (user+sys; uprobe traps are charged to the client) per call, the
-observer's CPU (agent, bpftrace or gateway) and its peak RSS. In tokentap mode the agent's token
+wall time and CPU time (user+sys; uprobe traps are charged to the client) per call of the timed
+loop (after the client's warm-up), the observer's CPU (agent, bpftrace or gateway) over the same
+loop and its peak RSS. In tokentap mode the agent's token
 counters must equal the tokens the SDK saw, in otel mode the sink must have received one span
 per call; a run that fails these checks fails the benchmark. Writes a Markdown report.
 """
@@ -43,7 +44,6 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The end-to-end tests' lock: an agent sees every process's TLS traffic, so the benchmark and
 # the tests must not overlap.
 E2E_LOCK = "/tmp/tokentap-e2e.lock"
@@ -96,16 +96,16 @@ def proc_tree(pid):
 
 
 def cpu_seconds(pid):
-    """CPU (user+sys) of pid and its live descendants."""
-    total = 0
+    """CPU time (user+sys) of pid and its live descendants, from each process's CPU-time clock
+    (Linux's clock id for a process: ((~pid) << 3) | CPUCLOCK_SCHED): nanosecond resolution and,
+    unlike per-thread figures, including threads that have exited."""
+    total = 0.0
     for p in proc_tree(pid):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += time.clock_gettime(((~p) << 3) | 2)
         except OSError:
             pass
-    return total / CLK_TCK
+    return total
 
 
 def peak_rss_mib(pid):
@@ -347,11 +347,25 @@ class NoObserver:
 # Clients
 
 
-def run_json(cmd):
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        fail(f"client failed: {' '.join(cmd)}\n{out.stderr.strip()[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_client(cmd, on_timed=None):
+    """Runs a benchmark client; calls on_timed() when it prints `timed` (its timed loop starts).
+    Returns the JSON object it prints last."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    drain.start()
+    last = None
+    for line in proc.stdout:
+        if line.strip() == "timed":
+            if on_timed:
+                on_timed()
+        elif line.strip():
+            last = line
+    proc.wait()
+    drain.join()
+    if proc.returncode != 0 or last is None:
+        fail(f"client failed: {' '.join(cmd)}\n{''.join(err).strip()[-3000:]}")
+    return json.loads(last)
 
 
 class Workload:
@@ -373,8 +387,8 @@ def main():
     p.add_argument("--workload", default="all", choices=["micro", "realistic", "long", "all"])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--round-trips", type=int, default=20000)
-    p.add_argument("--rounds", type=int, default=10, help="realistic: rounds of 64 streams per run")
-    p.add_argument("--long-calls", type=int, default=3, help="long: calls per prompt size per run")
+    p.add_argument("--rounds", type=int, default=5, help="realistic: rounds of 64 streams per run")
+    p.add_argument("--long-calls", type=int, default=2, help="long: calls per prompt size per run")
     p.add_argument("--prompt-mb", default="4,40")
     p.add_argument("--bulk-mb", type=int, default=512, help="micro: agent CPU per GB over a download this big")
     p.add_argument("--out", required=True)
@@ -400,6 +414,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="tokentap-bench-")
     owned = []  # long-lived helpers to close at the end
     sections = []
+    stats = {}
     failures = []
     try:
         server = subprocess.Popen([a.server], stdout=subprocess.PIPE, text=True)
@@ -412,17 +427,17 @@ def main():
 
         workloads = []
         if "micro" in workloads_wanted:
-            def micro(extra, _mode):
-                r = run_json([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
-                              "--cafile", info["ca_file"], "--round-trips", str(a.round_trips)])
+            def micro(extra, on_timed=None):
+                r = run_client([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
+                                "--cafile", info["ca_file"], "--round-trips", str(a.round_trips)], on_timed)
                 return {"calls": r["round_trips"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]}
             workloads.append(Workload("micro", f"Small TLS round trips (Python client, system OpenSSL, loopback, {a.round_trips} per run)",
                                       "µs", MODES["micro"], micro))
 
         def llm(args):
-            def client(extra, _mode):
-                return run_json([venv_python, os.path.join(HERE, "llm_client.py"), "--port", str(minfo["port"]),
-                                 "--cafile", minfo["ca_file"]] + extra + args)
+            def client(extra, on_timed=None):
+                return run_client([venv_python, os.path.join(HERE, "llm_client.py"), "--port", str(minfo["port"]),
+                                   "--cafile", minfo["ca_file"]] + extra + args, on_timed)
             return client
 
         if "realistic" in workloads_wanted:
@@ -444,7 +459,7 @@ def main():
                 gateway = Gateway(a.gateway_venv, minfo["port"], minfo["ca_file"], workdir)
             libssl = python_libssl(a.python if w.name == "micro" else venv_python)
             samples = {m: [] for m in w.modes}
-            w.client([], "none")  # warm-up: page cache, the mock's first connections
+            w.client([])  # warm-up: page cache, the mock's first connections
             for run in range(a.runs):
                 k = run % len(w.modes)
                 for mode in w.modes[k:] + w.modes[:k]:
@@ -461,11 +476,11 @@ def main():
                     elif mode == "litellm":
                         obs = gateway
                         extra = ["--base-url", gateway.base_url]
-                    c0 = cpu_seconds(obs.pid) if obs.pid else 0
-                    r = w.client(extra, mode)
+                    c0 = []
+                    r = w.client(extra, lambda: c0.append(cpu_seconds(obs.pid) if obs.pid else 0))
                     if obs.pid:
-                        time.sleep(0.3)
-                        r["observer_cpu_s"] = cpu_seconds(obs.pid) - c0
+                        time.sleep(0.3)  # the observer's last events
+                        r["observer_cpu_s"] = cpu_seconds(obs.pid) - c0[0]
                         r["observer_rss_mib"] = peak_rss_mib(obs.pid)
                     r["check"] = obs.check(r, None)
                     if r["check"] != "ok":
@@ -474,7 +489,8 @@ def main():
                     samples[mode].append(r)
                     print(f"{w.name} run {run + 1}/{a.runs} {mode:18s} wall {r['wall_s']:.3f}s cpu {r['cpu_s']:.3f}s"
                           f" observer {r.get('observer_cpu_s', 0):.2f}s {r['check']}", file=sys.stderr)
-            sections.append(section(w, samples, a.runs))
+            text, stats[w.name] = section(w, samples)
+            sections.append(text)
             if w.name == "micro" and a.bulk_mb:
                 sections.append(bulk_capture(a, info))
     finally:
@@ -495,7 +511,7 @@ def main():
     else:
         litellm_version = f"litellm: n/a ({reason})"
     command = (f"cargo xtask bench --workload {a.workload} --runs {a.runs} --round-trips {a.round_trips} "
-               f"--rounds {a.rounds} --long-calls {a.long_calls} --prompt-mb {a.prompt_mb}")
+               f"--rounds {a.rounds} --long-calls {a.long_calls} --prompt-mb {a.prompt_mb} --bulk-mb {a.bulk_mb}")
     load = lambda l: " ".join(f"{x:.2f}" for x in l)  # noqa: E731
     report = f"""# tokentap overhead
 
@@ -506,11 +522,12 @@ Date: {started['time']}. Command: `{command}`.
 
 Medians over {a.runs} interleaved runs per mode. Client CPU is the client process's user+sys time
 (uprobe traps are charged to it; in otel mode it includes the span export thread). Observer: the
-process doing the observing (tokentap agent, bpftrace, LiteLLM proxy), its CPU during the run
-and its peak RSS. Total CPU = client + observer. The check column: tokentap's token counters
+process doing the observing (tokentap agent, bpftrace, LiteLLM proxy), its CPU during the timed
+loop (plus 0.3 s for its last events) and its peak RSS. Total CPU = client + observer. The check column: tokentap's token counters
 equal what the SDK saw; otel's sink received one span per call; bpftrace lost no events.
 
-{chr(10).join(sections)}"""
+{chr(10).join(sections)}
+{goals(stats)}"""
     if failures:
         report += "\n**Failed checks:**\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -528,7 +545,7 @@ def bulk_capture(a, info):
     value = lambda text: next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(series + " ")), 0.0)  # noqa: E731
     before = value(agent.metrics())
     c0 = cpu_seconds(agent.pid)
-    bulk = run_json([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
+    bulk = run_client([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
                      "--cafile", info["ca_file"], "--bulk-mb", str(a.bulk_mb)])
     time.sleep(0.5)
     cpu = cpu_seconds(agent.pid) - c0
@@ -544,7 +561,7 @@ GB** (ring-buffer losses: {lost:.0f}; peak RSS {rss:.1f} MiB; client wall {bulk[
 """
 
 
-def section(w, samples, runs):
+def section(w, samples):
     scale = 1e6 if w.unit == "µs" else 1e3
 
     def med(mode, f):
@@ -553,6 +570,7 @@ def section(w, samples, runs):
     per_call = lambda key: lambda r: r[key] / r["calls"] * scale  # noqa: E731
     base_w, base_c = med("none", per_call("wall_s")), med("none", per_call("cpu_s"))
     rows = []
+    stats = {}
     for mode in w.modes:
         wall, cpu = med(mode, per_call("wall_s")), med(mode, per_call("cpu_s"))
         has_obs = "observer_cpu_s" in samples[mode][0]
@@ -563,6 +581,7 @@ def section(w, samples, runs):
         check = "ok" if checks == {"ok"} else "; ".join(sorted(checks - {"ok"}))
         obs_s = f"{obs:.1f}" if has_obs else "—"
         rss_s = f"{rss:.0f}" if rss is not None else "—"
+        stats[mode] = {"wall": wall / base_w, "cpu": cpu / base_c, "total": total / base_c, "rss": rss}
         rows.append(f"| {mode} | {wall:.1f} | {cpu:.1f} | {wall / base_w:.3f} | {cpu / base_c:.3f} | "
                     f"{obs_s} | {total / base_c:.3f} | {rss_s} | {check} |")
     u = w.unit
@@ -571,7 +590,38 @@ def section(w, samples, runs):
 | mode | wall {u}/call | client CPU {u}/call | wall vs none | client CPU vs none | observer CPU {u}/call | total CPU vs none | observer peak RSS MiB | check |
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-"""
+""", stats
+
+
+def goals(stats):
+    """The project's overhead goals, judged on this run's medians."""
+    out = []
+
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+
+    micro = stats.get("micro")
+    if micro:
+        r = micro["tokentap"]["cpu"] / micro["floor"]["cpu"]
+        out.append(f"- micro: tokentap client CPU within 1.1x of the no-op floor: {r:.3f}x, {verdict(r <= 1.1)}.")
+    real = stats.get("realistic")
+    if real:
+        c, w = real["tokentap"]["cpu"], real["tokentap"]["wall"]
+        out.append(f"- realistic: client slowdown under 2 %: CPU {100 * (c - 1):+.1f} %, wall {100 * (w - 1):+.1f} %, "
+                   f"{verdict(c < 1.02 and w < 1.02)}.")
+    for name in ("micro", "realistic"):
+        st = stats.get(name)
+        if not st:
+            continue
+        others = [m for m in ("naive", "otel", "litellm") if m in st]
+        behind = [m for m in others if st[m]["total"] <= st["tokentap"]["total"]]
+        out.append(f"- {name}: total CPU below {', '.join(others)}: tokentap {st['tokentap']['total']:.3f}x vs "
+                   + ", ".join(f"{m} {st[m]['total']:.3f}x" for m in others)
+                   + f", {verdict(not behind)}.")
+    rss = [st["tokentap"]["rss"] for st in stats.values() if st["tokentap"]["rss"] is not None]
+    if rss:
+        out.append(f"- agent peak RSS under 64 MiB in every workload: at most {max(rss):.0f} MiB, {verdict(max(rss) < 64)}.")
+    return "## Goals\n\n" + "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -63,14 +63,17 @@ enum Task {
         #[arg(long, default_value_t = 20000)]
         round_trips: u64,
         /// realistic: rounds of 64 concurrent streams per run.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// long: calls per prompt size per run.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 2)]
         long_calls: u32,
         /// long: prompt sizes in MB, comma-separated.
         #[arg(long, default_value = "4,40")]
         prompt_mb: String,
+        /// micro: MiB downloaded to measure the agent's CPU per GB captured (0 skips it).
+        #[arg(long, default_value_t = 512)]
+        bulk_mb: u32,
     },
 }
 
@@ -102,6 +105,7 @@ fn main() {
             rounds,
             long_calls,
             prompt_mb,
+            bulk_mb,
         } => setup().and_then(|()| {
             bench(&[
                 ("--workload", workload),
@@ -110,6 +114,7 @@ fn main() {
                 ("--rounds", rounds.to_string()),
                 ("--long-calls", long_calls.to_string()),
                 ("--prompt-mb", prompt_mb),
+                ("--bulk-mb", bulk_mb.to_string()),
             ])
         }),
     };
