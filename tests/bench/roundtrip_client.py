@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark client: small request/response round trips over one TLS connection (system OpenSSL).
 
-Prints one JSON object: round trips, wall seconds, CPU seconds (user+sys of this process) for the
-timed loop only, and the bytes moved. A bulk mode downloads large bodies instead, to measure the
+Prints `timed` when the timed loop starts, then one JSON object: round trips, wall seconds, CPU
+seconds (user+sys of this process) for the timed loop only, and the bytes moved. A bulk mode downloads large bodies instead, to measure the
 agent's CPU per captured byte.
 """
 import argparse
@@ -57,6 +57,7 @@ def main():
     if a.bulk_mb:
         req = b"GET /bytes/8388608 HTTP/1.1\r\nHost: localhost\r\n\r\n"
         n = max(1, a.bulk_mb // 8)
+        print("timed", flush=True)
         t0, c0 = time.perf_counter(), cpu_seconds()
         moved = 0
         for _ in range(n):
@@ -71,6 +72,7 @@ def main():
     sock.sendall(req)
     h, body = read_response(sock)
     size = h + body
+    print("timed", flush=True)
     t0, c0 = time.perf_counter(), cpu_seconds()
     for _ in range(a.round_trips):
         sock.sendall(req)

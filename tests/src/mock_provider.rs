@@ -104,8 +104,8 @@ pub const HOSTS: [&str; 3] = [
 /// `GET` this path for every [`RequestRecord`] so far, as JSON (not itself recorded).
 pub const RECORDS_PATH: &str = "/_mock/requests";
 
-/// Largest accepted request body.
-const MAX_BODY: usize = 32 * 1024 * 1024;
+/// Largest accepted request body (the long-context benchmark sends 40 MB prompts).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Token counts an answer's usage reported, in the metrics' terms (input includes cached
 /// tokens). `None`: the answer did not say.

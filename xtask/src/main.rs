@@ -48,14 +48,32 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Overhead measurement: Python TLS round trips with no probes, no-op bpftrace hooks, and tokentap.
+    /// Overhead measurement: what tokentap costs the observed clients, next to no probes, no-op
+    /// hooks, a naive bpftrace capture, in-process OpenTelemetry instrumentation and a LiteLLM
+    /// gateway. Writes bench-results/overhead.md.
     Bench {
-        /// Round trips per run.
+        /// micro (TLS round trips), realistic (streamed chat completions), long (4 and 40 MB
+        /// prompts), or all.
+        #[arg(long, default_value = "all")]
+        workload: String,
+        /// Runs per mode (modes are interleaved; medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// micro: round trips per run.
         #[arg(long, default_value_t = 20000)]
         round_trips: u64,
-        /// Runs per configuration (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        runs: u32,
+        /// realistic: rounds of 64 concurrent streams per run.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// long: calls per prompt size per run.
+        #[arg(long, default_value_t = 2)]
+        long_calls: u32,
+        /// long: prompt sizes in MB, comma-separated.
+        #[arg(long, default_value = "4,40")]
+        prompt_mb: String,
+        /// micro: MiB downloaded to measure the agent's CPU per GB captured (0 skips it).
+        #[arg(long, default_value_t = 512)]
+        bulk_mb: u32,
     },
     /// Soak: mixed LLM traffic from short-lived client processes while the agent runs, then a
     /// call-by-call check of its exchange log; report in bench-results/soak.md.
@@ -96,7 +114,25 @@ fn main() {
             .and_then(|()| ensure_apt(TEST_PACKAGES))
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
-        Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
+        Task::Bench {
+            workload,
+            runs,
+            round_trips,
+            rounds,
+            long_calls,
+            prompt_mb,
+            bulk_mb,
+        } => setup().and_then(|()| {
+            bench(&[
+                ("--workload", workload),
+                ("--runs", runs.to_string()),
+                ("--round-trips", round_trips.to_string()),
+                ("--rounds", rounds.to_string()),
+                ("--long-calls", long_calls.to_string()),
+                ("--prompt-mb", prompt_mb),
+                ("--bulk-mb", bulk_mb.to_string()),
+            ])
+        }),
         Task::Soak {
             minutes,
             concurrency,
@@ -219,25 +255,40 @@ fn sdk_python() -> PathBuf {
 /// Builds target/e2e-venv from tests/clients/requirements.txt with the machine's `python3`,
 /// unless it was already built from the same requirements (then this costs one `python -c`).
 fn ensure_sdk_venv() -> anyhow::Result<()> {
-    let requirements_file = workspace_root().join(SDK_REQUIREMENTS);
-    let requirements = fs::read_to_string(&requirements_file)
+    ensure_venv(
+        &sdk_venv(),
+        SDK_REQUIREMENTS,
+        "the LLM SDK venv (about 15 s)",
+        verify_sdk_venv,
+    )
+}
+
+/// Builds `venv` from `requirements` (relative to the workspace) with the machine's `python3`,
+/// then checks it with `verify`, unless it was already built from the same requirements.
+fn ensure_venv(
+    venv: &Path,
+    requirements: &str,
+    what: &str,
+    verify: fn(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let requirements_file = workspace_root().join(requirements);
+    let pins = fs::read_to_string(&requirements_file)
         .with_context(|| format!("reading {}", requirements_file.display()))?;
-    let venv = sdk_venv();
-    let python = sdk_python();
+    let python = venv.join("bin/python");
     let stamp = venv.join(SDK_VENV_STAMP);
-    let up_to_date = fs::read_to_string(&stamp).is_ok_and(|s| s == requirements)
+    let up_to_date = fs::read_to_string(&stamp).is_ok_and(|s| s == pins)
         && output_of(Command::new(&python).args(["-c", "pass"])).is_some();
     if up_to_date {
         return Ok(());
     }
     eprintln!(
-        "xtask: building the LLM SDK venv {} from {SDK_REQUIREMENTS} (about 15 s)",
+        "xtask: building {what}: {} from {requirements}",
         venv.display()
     );
     if venv.exists() {
-        fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+        fs::remove_dir_all(venv).with_context(|| format!("removing {}", venv.display()))?;
     }
-    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))
         .context(
             "creating the venv with the machine's python3 (`python3 -m venv`; a Debian python3 needs python3-venv)",
         )?;
@@ -254,9 +305,9 @@ fn ensure_sdk_venv() -> anyhow::Result<()> {
             ])
             .arg(&requirements_file),
     )
-    .context("installing the SDKs from PyPI")?;
-    verify_sdk_venv(&python)?;
-    fs::write(&stamp, requirements).with_context(|| format!("writing {}", stamp.display()))?;
+    .with_context(|| format!("installing {requirements} from PyPI"))?;
+    verify(&python)?;
+    fs::write(&stamp, pins).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
 
@@ -442,12 +493,32 @@ fn check_prometheus_rules(root: &Path) -> anyhow::Result<()> {
     )
 }
 
-fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
+/// Requirements of the benchmark's client venv (openai SDK + OpenTelemetry instrumentation).
+const BENCH_REQUIREMENTS: &str = "tests/bench/requirements.txt";
+/// Requirements of the benchmark's gateway venv (the LiteLLM proxy; openai < 3).
+const GATEWAY_REQUIREMENTS: &str = "tests/bench/gateway-requirements.txt";
+
+fn bench(options: &[(&str, String)]) -> anyhow::Result<()> {
     build()?;
     if !is_root() {
         bail!("the benchmark attaches probes and needs root: run `sudo -E cargo xtask bench`");
     }
     ensure_apt(&["bpftrace"])?;
+    let bench_venv = target_dir().join("bench-venv");
+    let gateway_venv = target_dir().join("bench-gateway-venv");
+    ensure_venv(
+        &bench_venv,
+        BENCH_REQUIREMENTS,
+        "the benchmark's client venv",
+        |_| Ok(()),
+    )?;
+    // The gateway column is optional: without it the report says why.
+    let gateway = ensure_venv(
+        &gateway_venv,
+        GATEWAY_REQUIREMENTS,
+        "the benchmark's LiteLLM venv (about 2 minutes)",
+        |_| Ok(()),
+    );
     let root = workspace_root();
     run_cmd(tool("cargo").current_dir(&root).args([
         "build",
@@ -456,24 +527,30 @@ fn bench(round_trips: u64, runs: u32) -> anyhow::Result<()> {
         "tokentap-tests",
         "--bin",
         "tls-test-server",
+        "--bin",
+        "mock-provider",
     ]))?;
-    run_cmd(
-        tool("python3")
-            .current_dir(&root)
-            .arg(root.join("tests/bench/overhead.py"))
-            .arg("--tokentap")
-            .arg(target_dir().join("release/tokentap"))
-            .arg("--server")
-            .arg(target_dir().join("release/tls-test-server"))
-            .args([
-                "--round-trips",
-                &round_trips.to_string(),
-                "--runs",
-                &runs.to_string(),
-            ])
-            .arg("--out")
-            .arg(root.join("bench-results/overhead.md")),
-    )
+    let mut cmd = tool("python3");
+    cmd.current_dir(&root)
+        .arg(root.join("tests/bench/overhead.py"))
+        .arg("--tokentap")
+        .arg(target_dir().join("release/tokentap"))
+        .arg("--server")
+        .arg(target_dir().join("release/tls-test-server"))
+        .arg("--mock")
+        .arg(target_dir().join("release/mock-provider"))
+        .arg("--venv")
+        .arg(&bench_venv)
+        .arg("--out")
+        .arg(root.join("bench-results/overhead.md"));
+    match gateway {
+        Ok(()) => cmd.arg("--gateway-venv").arg(&gateway_venv),
+        Err(e) => cmd.arg("--gateway-unavailable").arg(format!("{e:#}")),
+    };
+    for (flag, value) in options {
+        cmd.args([flag, value.as_str()]);
+    }
+    run_cmd(&mut cmd)
 }
 
 fn soak(minutes: f64, concurrency: usize) -> anyhow::Result<()> {

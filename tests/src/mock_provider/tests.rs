@@ -365,6 +365,21 @@ fn openai_chat_stream_framing_and_usage_chunk() {
 }
 
 #[test]
+fn long_context_prompt_of_40_mb() {
+    let mock = MockProvider::start().expect("mock");
+    let mut c = connect(&mock, "api.openai.com");
+    let body = json!({
+        "messages": [{"role": "user", "content": "a".repeat(40_000_000)}],
+        "model": "gpt-4o-mini-chunks30",
+    });
+    let r = c.send("/v1/chat/completions", &body, false);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["usage"]["prompt_tokens"], 10_000_000);
+    assert_eq!(v["usage"]["completion_tokens"], 30);
+}
+
+#[test]
 fn openai_responses_stream_events() {
     let mock = MockProvider::start().expect("mock");
     let mut c = connect(&mock, "api.openai.com");
