@@ -402,3 +402,62 @@ fn real_capture_dynamic_table_eviction() {
     }
     assert_eq!(whole.stats.h2_desynced, 0);
 }
+
+/// The multiplexed capture through the HTTP and LLM stages: each stream is one LLM call with
+/// its own model and usage, whatever the order its frames came in.
+#[test]
+fn real_capture_through_the_llm_stage() {
+    use crate::llm::{ExchangeTracker, ProcessContext, ProviderConfig};
+
+    let steps = load("multiplexed.h2");
+    let mut http = HttpTracker::new(HttpConfig::default());
+    let mut llm = ExchangeTracker::new(ProviderConfig::default());
+    let ctx = ProcessContext {
+        pid: 7,
+        executable: "python3".into(),
+        container_id: None,
+    };
+    let unix = |k: u64| i128::from(k);
+    let mut records = Vec::new();
+    let mut offsets = [0u64; 2];
+    for (i, step) in steps.iter().enumerate() {
+        let (dir, data) = match step {
+            W(d) => (Direction::Write, d),
+            R(d) => (Direction::Read, d),
+            _ => continue,
+        };
+        // Capture times a millisecond apart.
+        let rec = record(KEY.conn, dir, (i as u64 + 1) * 1_000_000, data);
+        http.on_stream_item(
+            &StreamItem::Data {
+                key: KEY,
+                offset: offsets[dir as usize],
+                record: &rec,
+            },
+            &mut |ev| llm.on_http_event(&ev, &ctx, &unix, &mut |r| records.push(r)),
+        );
+        offsets[dir as usize] += data.len() as u64;
+    }
+    records.sort_by_key(|r| r.request_model.clone());
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.request_model.as_deref().unwrap_or(""),
+                r.streaming,
+                r.tokens.input,
+                r.tokens.output,
+                r.time_to_first_chunk_s.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("gpt-4.1", false, Some(20), Some(9), false),
+            ("gpt-4o", false, Some(10), Some(7), false),
+            ("gpt-4o-mini", true, Some(12), Some(5), true),
+        ]
+    );
+    assert!(records.iter().all(|r| r.provider == "openai"));
+}
