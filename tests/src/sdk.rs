@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::mock_provider::{MockProvider, RequestRecord, Tokens};
+use crate::mock_provider::{H2MockProvider, MockProvider, RequestRecord, Tokens};
 
 /// The Python of the SDK venv: `TOKENTAP_SDK_PYTHON` (set by `cargo xtask test`), else
 /// `target/e2e-venv/bin/python` when `cargo xtask setup` has built it.
@@ -103,34 +103,58 @@ pub fn run_sdk_client(
     mock: &MockProvider,
     only: &[&str],
 ) -> anyhow::Result<(SdkReport, f64)> {
-    let started = Instant::now();
-    let mut cmd = Command::new(python);
-    cmd.arg(sdk_client_script())
-        .args(["--port", &mock.port().to_string(), "--cafile"])
-        .arg(mock.ca_file())
-        .env("SSL_CERT_FILE", mock.ca_file());
+    let mut args = vec![];
+    let joined = only.join(",");
     if !only.is_empty() {
-        cmd.args(["--only", &only.join(",")]);
+        args = vec!["--only", joined.as_str()];
     }
-    let out = cmd.output().with_context(|| {
-        format!(
-            "running {} {}",
-            python.display(),
-            sdk_client_script().display()
-        )
-    })?;
+    run_client_script(
+        python,
+        &sdk_client_script(),
+        mock.port(),
+        mock.ca_file(),
+        &args,
+    )
+}
+
+/// Runs h2_sdk_client.py (the openai SDK over HTTP/2) against the HTTP/2 mock.
+pub fn run_h2_sdk_client(python: &Path, mock: &H2MockProvider) -> anyhow::Result<(SdkReport, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/h2_sdk_client.py");
+    run_client_script(python, &script, mock.port(), mock.ca_file(), &[])
+}
+
+/// Runs a client script that prints an [`SdkReport`]: `--port PORT --cafile CA`, then `args`.
+fn run_client_script(
+    python: &Path,
+    script: &Path,
+    port: u16,
+    ca_file: &Path,
+    args: &[&str],
+) -> anyhow::Result<(SdkReport, f64)> {
+    let started = Instant::now();
+    let name = script
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--port", &port.to_string(), "--cafile"])
+        .arg(ca_file)
+        .args(args)
+        .env("SSL_CERT_FILE", ca_file)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     let wall = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!(
-            "sdk_client.py failed ({}):\nstderr:\n{stderr}\nstdout (first 4000 bytes):\n{}",
+            "{name} failed ({}):\nstderr:\n{stderr}\nstdout (first 4000 bytes):\n{}",
             out.status,
             stdout.chars().take(4000).collect::<String>()
         );
     }
     let report: SdkReport = serde_json::from_str(&stdout)
-        .with_context(|| format!("sdk_client.py output is not its report:\n{stdout}\n{stderr}"))?;
+        .with_context(|| format!("{name} output is not its report:\n{stdout}\n{stderr}"))?;
     Ok((report, wall))
 }
 
