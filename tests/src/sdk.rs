@@ -184,7 +184,7 @@ fn same_count(sdk: Option<u64>, mock: Option<u64>) -> bool {
 
 /// Checks the SDKs' view against what the mock sent, call by call (calls are matched to
 /// requests by model name, in order), and the wire facts every request must show: HTTP/1.1
-/// negotiated by ALPN, the real host name in SNI and `Host`. Returns the disagreements.
+/// (HTTP/2 from the HTTP/2 mock) negotiated by ALPN, the real host name in SNI and `Host`. Returns the disagreements.
 pub fn check_against_mock(report: &SdkReport, records: &[RequestRecord]) -> Vec<String> {
     let mut problems = Vec::new();
     for (call, rec) in report
@@ -252,9 +252,13 @@ pub fn check_against_mock(report: &SdkReport, records: &[RequestRecord]) -> Vec<
                 rec.tokens
             ));
         }
-        if rec.http_version != "HTTP/1.1" || rec.alpn.as_deref() != Some("http/1.1") {
+        let negotiated = matches!(
+            (rec.http_version.as_str(), rec.alpn.as_deref()),
+            ("HTTP/1.1", Some("http/1.1")) | ("HTTP/2", Some("h2"))
+        );
+        if !negotiated {
             problems.push(format!(
-                "{who}: {} with ALPN {:?}, expected HTTP/1.1 negotiated as http/1.1",
+                "{who}: {} with ALPN {:?}, expected HTTP/1.1 negotiated as http/1.1 (or HTTP/2 as h2)",
                 rec.http_version, rec.alpn
             ));
         }
