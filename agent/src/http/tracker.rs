@@ -311,7 +311,7 @@ impl HttpTracker {
                         if let Some(client_dir) =
                             http.data(record.direction, offset, record.data, ktime, ctx)
                         {
-                            *mode = Mode::Http2(Box::new(http.into_http2(client_dir, ctx)));
+                            *mode = Mode::Http2(Box::new(http.switch_to_http2(client_dir, ctx)));
                         }
                     }
                     Mode::Http2(h2) => h2.data(record.direction, offset, record.data, ktime, ctx),
@@ -511,7 +511,7 @@ impl HttpConn {
 
     /// The connection is HTTP/2, its client writing in `client_dir`: the held bytes of both
     /// directions go to the HTTP/2 decoder, in capture order.
-    fn into_http2(&mut self, client_dir: Direction, ctx: &mut Ctx<'_>) -> H2Conn {
+    fn switch_to_http2(&mut self, client_dir: Direction, ctx: &mut Ctx<'_>) -> H2Conn {
         ctx.stats.h2_connections += 1;
         self.write.stop();
         self.read.stop();

@@ -358,7 +358,10 @@ mod tests {
         let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
         digits
             .chunks(2)
-            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .map(|p| {
+                u8::from_str_radix(std::str::from_utf8(p).expect("valid test input"), 16)
+                    .expect("valid test input")
+            })
             .collect()
     }
 
@@ -370,7 +373,7 @@ mod tests {
                 String::from_utf8_lossy(v).into_owned(),
             ));
         })
-        .unwrap();
+        .expect("valid test input");
         out
     }
 
@@ -390,7 +393,7 @@ mod tests {
             (vec![0x2a], 8, 42),
         ] {
             let mut rest = &bytes[..];
-            assert_eq!(integer(&mut rest, n).unwrap(), value);
+            assert_eq!(integer(&mut rest, n).expect("valid test input"), value);
             assert!(rest.is_empty());
         }
         let mut rest = &[0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..];

@@ -177,7 +177,7 @@ mod tests {
             ],
             &mut out,
         )
-        .unwrap();
+        .expect("valid test input");
         assert_eq!(out, b"www.example.com");
         // Every symbol round-trips through an encoding built from the derived codes.
         let mut bits: Vec<bool> = Vec::new();
@@ -185,7 +185,7 @@ mod tests {
             let (code, len) = code_of(s);
             bits.extend((0..len).rev().map(|i| (code >> i) & 1 == 1));
         }
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push(true);
         }
         let bytes: Vec<u8> = bits
@@ -193,7 +193,7 @@ mod tests {
             .map(|c| c.iter().fold(0u8, |b, &bit| (b << 1) | u8::from(bit)))
             .collect();
         out.clear();
-        decode(&bytes, &mut out).unwrap();
+        decode(&bytes, &mut out).expect("valid test input");
         assert_eq!(out, (0u8..=255).collect::<Vec<_>>());
         // Padding of zeros, and padding of 8 ones, are errors.
         assert_eq!(decode(&[0x00], &mut out), Err(HuffmanError::BadPadding)); // '0' + 000

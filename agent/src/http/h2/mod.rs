@@ -51,7 +51,7 @@ pub(crate) fn opening(bytes: &[u8]) -> Opening {
         .zip(settings)
         .all(|(&b, want)| want.is_none_or(|w| w == b));
     let len_ok = match bytes {
-        [a, b, c, ..] => u32::from_be_bytes([0, *a, *b, *c]) % 6 == 0,
+        [a, b, c, ..] => u32::from_be_bytes([0, *a, *b, *c]).is_multiple_of(6),
         _ => true,
     };
     if fits && len_ok {

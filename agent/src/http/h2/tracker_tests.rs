@@ -384,7 +384,7 @@ fn real_capture_dynamic_table_eviction() {
         .collect();
     for (i, want) in expected.iter().enumerate() {
         let req = reqs[i];
-        assert_eq!(req.target, want["path"].as_str().unwrap());
+        assert_eq!(req.target, want["path"].as_str().expect("valid test input"));
         assert_eq!(
             req.headers.get("x-request-id"),
             want["request_id"].as_str(),
@@ -392,12 +392,20 @@ fn real_capture_dynamic_table_eviction() {
         );
         assert_eq!(
             req.body.complete(),
-            Some(want["request_body"].as_str().unwrap().as_bytes())
+            Some(
+                want["request_body"]
+                    .as_str()
+                    .expect("valid test input")
+                    .as_bytes()
+            )
         );
         assert_eq!(heads[i].headers.get("x-trace"), want["trace"].as_str());
         assert_eq!(
             body_of(&whole, i as u64),
-            want["response_body"].as_str().unwrap().as_bytes()
+            want["response_body"]
+                .as_str()
+                .expect("valid test input")
+                .as_bytes()
         );
     }
     assert_eq!(whole.stats.h2_desynced, 0);
