@@ -147,11 +147,11 @@ def many(out):
     p.server_flush()
     for n in range(40):
         sid = p.request("/v1/chat/completions", chat("gpt-4o", False, n),
-                        extra=[("x-request-id", f"req-{n:04d}-" + "x" * (n % 7) * 9)])
+                        extra=[("x-request-id", f"req-{n:04d}-" + "x" * (n % 7) * 20)])
         p.client_flush()
         p.server_flush()
         p.server.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
-                                    ("x-trace", f"trace-{n}-" + "y" * (n % 5) * 11)])
+                                    ("x-trace", f"trace-{n}-" + "y" * (n % 5) * 30)])
         p.server.send_data(sid, completion("gpt-4o", 10 + n, n), end_stream=True)
         p.server_flush()
         p.client_flush()

@@ -105,8 +105,8 @@ pub struct HttpStats {
     pub interrupted: u64,
     /// Connections that switched protocols (101) or became a CONNECT tunnel.
     pub upgrades: u64,
-    /// Connections recognised as not HTTP/1.x (HTTP/2, PostgreSQL, SMTP, ...), or that showed
-    /// no HTTP within the resynchronisation budget.
+    /// Connections recognised as not HTTP (PostgreSQL, SMTP, ...; HTTP/2 is counted in
+    /// `h2_connections`), or that showed no HTTP within the resynchronisation budget.
     pub non_http_connections: u64,
     /// Times a direction started skipping bytes to find a message start.
     pub resyncs: u64,
@@ -472,20 +472,25 @@ impl HttpConn {
         if let Opening::Held(records) = &mut self.openings[dir as usize] {
             let held: usize = records.iter().map(|(_, d)| d.len()).sum();
             if offset == held as u64 {
-                records.push((ktime, data.to_vec()));
+                // The direction's first bytes so far: enough to tell the preface.
                 let mut first = Vec::with_capacity(h2::PREFACE.len());
-                for (_, d) in records.iter() {
+                for d in records.iter().map(|(_, d)| &d[..]).chain([data]) {
                     let room = h2::PREFACE.len() - first.len();
                     first.extend_from_slice(d.get(..room.min(d.len())).unwrap_or_default());
                 }
                 match h2::opening(&first) {
-                    h2::Opening::Preface => return Some(dir),
-                    h2::Opening::Maybe if held + data.len() <= MAX_OPENING => return None,
+                    h2::Opening::Preface => {
+                        records.push((ktime, data.to_vec()));
+                        return Some(dir);
+                    }
+                    h2::Opening::Maybe if held + data.len() <= MAX_OPENING => {
+                        records.push((ktime, data.to_vec()));
+                        return None;
+                    }
                     _ => {}
                 }
-                self.pass_opening(dir, ctx);
-                return None;
             }
+            // Not an HTTP/2 opening: what was held goes to the parser first.
             self.pass_opening(dir, ctx);
         }
         self.parse(dir, offset, data, ktime, ctx);

@@ -101,7 +101,6 @@ struct Stream {
     request: RequestBuild,
     /// The request was emitted (at its end, or when the response started first).
     request_emitted: bool,
-    request_ended: bool,
     response: Option<ResponseBuild>,
 }
 
@@ -462,7 +461,6 @@ impl Sink<'_, '_> {
                 content_length,
             },
             request_emitted: false,
-            request_ended: false,
             response: None,
         };
         self.state.streams.insert(block.stream, stream);
@@ -495,14 +493,12 @@ impl Sink<'_, '_> {
             return;
         }
         let exchange = stream.exchange;
-        if !stream.request_emitted {
-            let mut s = self.state.streams.remove(&block.stream);
-            if let Some(s) = s.as_mut() {
-                self.emit_request(s, false);
-            }
-            if let Some(s) = s {
-                self.state.streams.insert(block.stream, s);
-            }
+        // The response may start before its request ended: the request goes first.
+        if !stream.request_emitted
+            && let Some(mut stream) = self.state.streams.remove(&block.stream)
+        {
+            self.emit_request(&mut stream, false);
+            self.state.streams.insert(block.stream, stream);
         }
         let headers = fields.headers();
         let coding = coding_of(
@@ -547,7 +543,6 @@ impl Sink<'_, '_> {
         let Some(mut stream) = self.state.streams.remove(&id) else {
             return;
         };
-        stream.request_ended = true;
         if !stream.request_emitted {
             if let Some(r) = stream.request.request.as_mut() {
                 r.end_ktime_ns = ktime;

@@ -344,7 +344,9 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
+    const PRIORITY: u8 = 0x2;
     const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
     const WINDOW_UPDATE: u8 = 0x8;
 
     #[derive(Default)]
@@ -432,6 +434,8 @@ mod tests {
             frame(DATA, PADDED | END_STREAM, 1, &[3, b'h', b'i', 0, 0, 0]),
             frame(DATA, 0, 3, b"hello"),
             frame(PING, 0, 0, &[0; 8]),
+            frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16]),
+            frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]),
             frame(DATA, END_STREAM, 3, b""),
             frame(RST_STREAM, 0, 5, &[0, 0, 0, 8]),
         ]
@@ -454,6 +458,8 @@ mod tests {
                 "data s3 hello",
                 "end s3 f0x0",
                 "frame t6 f0x0 s0 []",
+                "frame t2 f0x0 s3 []",
+                "frame t7 f0x0 s0 []",
                 "end s3 f0x1",
                 "frame t3 f0x0 s5 []",
             ]

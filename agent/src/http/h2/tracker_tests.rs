@@ -409,6 +409,36 @@ fn real_capture_dynamic_table_eviction() {
         );
     }
     assert_eq!(whole.stats.h2_desynced, 0);
+    // Each side's varying header alone adds more than a 4096-byte table holds: both dynamic
+    // tables evicted entries while the requests went on.
+    for (name, key) in [("x-request-id", "request_id"), ("x-trace", "trace")] {
+        let added: usize = expected
+            .iter()
+            .map(|e| name.len() + e[key].as_str().map_or(0, str::len) + 32)
+            .sum();
+        assert!(added > 4096, "{name}: {added}");
+    }
+}
+
+#[test]
+fn header_table_size_setting_allows_a_larger_table() {
+    // The client grows its encoder's table to 8192 (a size update at the start of a block):
+    // allowed only once the server advertised SETTINGS_HEADER_TABLE_SIZE 8192.
+    let block = cat(&[&[0x3f, 0xe1, 0x3f], &request_block(GET, "/a")]);
+    let steps = |settings: &[u8]| {
+        vec![
+            W(client_preface()),
+            R(frame(SETTINGS, 0, 0, settings)),
+            W(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)),
+        ]
+    };
+    let allowed = check(
+        &steps(&[0, 1, 0, 0, 0x20, 0]),
+        &[r#"req#0 Client GET /a wire=83 t=300..300 body total=0 missing=0 head="""#],
+    );
+    assert_eq!(allowed.stats.h2_desynced, 0);
+    let refused = check(&steps(&[0, 3, 0, 0, 0, 100]), &[]);
+    assert_eq!(refused.stats.h2_desynced, 1);
 }
 
 /// The multiplexed capture through the HTTP and LLM stages: each stream is one LLM call with
