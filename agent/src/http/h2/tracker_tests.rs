@@ -499,3 +499,27 @@ fn real_capture_through_the_llm_stage() {
     );
     assert!(records.iter().all(|r| r.provider == "openai"));
 }
+
+/// Writes the HTTP/2 captures as fuzz seeds for `fuzz/fuzz_targets/http_llm.rs` (role byte,
+/// record-size byte, the client's bytes, `\0\xff\0\xff`, the server's bytes). Runs only when
+/// `TOKENTAP_WRITE_FUZZ_SEEDS=DIR` is set (`cargo xtask fuzz` does that).
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("TOKENTAP_WRITE_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("seed dir");
+    for name in ["multiplexed", "many"] {
+        let (mut client, mut server) = (Vec::new(), Vec::new());
+        for step in load(&format!("{name}.h2")) {
+            match step {
+                W(d) => client.extend_from_slice(&d),
+                R(d) => server.extend_from_slice(&d),
+                _ => {}
+            }
+        }
+        let seed = [&[0u8, 255][..], &client, b"\0\xff\0\xff", &server].concat();
+        std::fs::write(dir.join(format!("h2_{name}")), seed).expect("write seed");
+    }
+}
