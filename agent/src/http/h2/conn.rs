@@ -424,20 +424,7 @@ impl Sink<'_, '_> {
         self.state.next_exchange += 1;
         let target = fields.pseudo(":path").unwrap_or("/");
         let headers = fields.headers();
-        let coding = coding_of(
-            headers
-                .iter()
-                .filter(|(n, _)| *n == "content-encoding")
-                .map(|(_, v)| v.as_bytes()),
-        );
-        let decoder = BodyDecoder::new(coding, self.ctx.config.max_decoded_body);
-        let undecodable = match decoder.failure() {
-            Some(e) if !block.end_stream => {
-                undecodable(self.ctx, e);
-                true
-            }
-            _ => false,
-        };
+        let (decoder, undecodable) = body_decoder(&headers, !block.end_stream, self.ctx);
         let content_length = headers.get("content-length").and_then(|v| v.parse().ok());
         let stream = Stream {
             exchange,
@@ -501,20 +488,7 @@ impl Sink<'_, '_> {
             self.state.streams.insert(block.stream, stream);
         }
         let headers = fields.headers();
-        let coding = coding_of(
-            headers
-                .iter()
-                .filter(|(n, _)| *n == "content-encoding")
-                .map(|(_, v)| v.as_bytes()),
-        );
-        let decoder = BodyDecoder::new(coding, self.ctx.config.max_decoded_body);
-        let failed = match decoder.failure() {
-            Some(e) if !block.end_stream => {
-                undecodable(self.ctx, e);
-                true
-            }
-            _ => false,
-        };
+        let (decoder, failed) = body_decoder(&headers, !block.end_stream, self.ctx);
         self.ctx.stats.responses += 1;
         let head = ResponseHead {
             status,
@@ -677,8 +651,24 @@ fn count_undecodable(stats: &mut crate::http::HttpStats, error: &DecodeError) {
     }
 }
 
-fn undecodable(ctx: &mut Ctx<'_>, error: &DecodeError) {
-    count_undecodable(ctx.stats, error);
+/// The decoder for a body with these headers' Content-Encoding, and whether it has already
+/// failed (an unsupported coding, counted when a body may follow).
+fn body_decoder(headers: &Headers, may_have_body: bool, ctx: &mut Ctx<'_>) -> (BodyDecoder, bool) {
+    let coding = coding_of(
+        headers
+            .iter()
+            .filter(|(n, _)| *n == "content-encoding")
+            .map(|(_, v)| v.as_bytes()),
+    );
+    let decoder = BodyDecoder::new(coding, ctx.config.max_decoded_body);
+    let failed = match decoder.failure() {
+        Some(e) if may_have_body => {
+            count_undecodable(ctx.stats, e);
+            true
+        }
+        _ => false,
+    };
+    (decoder, failed)
 }
 
 /// The header block fragment of a HEADERS or PUSH_PROMISE payload: padding, priority and
