@@ -15,7 +15,7 @@ pub struct StageMetrics {
 }
 
 /// HTTP stage counters as (event, total), every field named once.
-pub fn http_counters(s: &HttpStats) -> [(&'static str, u64); 16] {
+pub fn http_counters(s: &HttpStats) -> [(&'static str, u64); 22] {
     let HttpStats {
         requests,
         responses,
@@ -33,6 +33,12 @@ pub fn http_counters(s: &HttpStats) -> [(&'static str, u64); 16] {
         decompression_capped,
         decoded_bytes,
         connections_evicted,
+        h2_connections,
+        h2_desynced,
+        h2_streams_reset,
+        h2_streams_over_limit,
+        h2_header_lists_too_large,
+        h2_frames_skipped,
     } = s;
     [
         ("requests", *requests),
@@ -51,6 +57,12 @@ pub fn http_counters(s: &HttpStats) -> [(&'static str, u64); 16] {
         ("decompression_capped", *decompression_capped),
         ("decoded_bytes", *decoded_bytes),
         ("connections_evicted", *connections_evicted),
+        ("h2_connections", *h2_connections),
+        ("h2_desynced", *h2_desynced),
+        ("h2_streams_reset", *h2_streams_reset),
+        ("h2_streams_over_limit", *h2_streams_over_limit),
+        ("h2_header_lists_too_large", *h2_header_lists_too_large),
+        ("h2_frames_skipped", *h2_frames_skipped),
     ]
 }
 

@@ -69,6 +69,7 @@
 
 mod anthropic;
 mod gemini;
+mod h2;
 mod json;
 mod openai;
 pub mod scenario;
@@ -90,6 +91,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use h2::H2MockProvider;
 pub use scenario::Scenario;
 
 use crate::tls_server::{HttpReader, MAX_HEAD, MAX_LINE, generate_certs, lock, make_temp_dir};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::mock_provider::{MockProvider, RequestRecord, Tokens};
+use crate::mock_provider::{H2MockProvider, MockProvider, RequestRecord, Tokens};
 
 /// The Python of the SDK venv: `TOKENTAP_SDK_PYTHON` (set by `cargo xtask test`), else
 /// `target/e2e-venv/bin/python` when `cargo xtask setup` has built it.
@@ -114,7 +114,41 @@ pub fn run_sdk_client_in(
     only: &[&str],
     cgroup_procs: Option<&Path>,
 ) -> anyhow::Result<(SdkReport, f64)> {
+    let mut args = vec![];
+    let joined = only.join(",");
+    if !only.is_empty() {
+        args = vec!["--only", joined.as_str()];
+    }
+    run_client_script(
+        python,
+        &sdk_client_script(),
+        mock.port(),
+        mock.ca_file(),
+        &args,
+        cgroup_procs,
+    )
+}
+
+/// Runs h2_sdk_client.py (the openai SDK over HTTP/2) against the HTTP/2 mock.
+pub fn run_h2_sdk_client(python: &Path, mock: &H2MockProvider) -> anyhow::Result<(SdkReport, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/h2_sdk_client.py");
+    run_client_script(python, &script, mock.port(), mock.ca_file(), &[], None)
+}
+
+/// Runs a client script that prints an [`SdkReport`]: `--port PORT --cafile CA`, then `args`;
+/// with `cgroup_procs`, a shell first moves itself into that cgroup (v2), then becomes the client.
+fn run_client_script(
+    python: &Path,
+    script: &Path,
+    port: u16,
+    ca_file: &Path,
+    args: &[&str],
+    cgroup_procs: Option<&Path>,
+) -> anyhow::Result<(SdkReport, f64)> {
     let started = Instant::now();
+    let name = script
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut cmd = match cgroup_procs {
         Some(procs) => {
             let mut sh = Command::new("/bin/sh");
@@ -125,32 +159,26 @@ pub fn run_sdk_client_in(
         }
         None => Command::new(python),
     };
-    cmd.arg(sdk_client_script())
-        .args(["--port", &mock.port().to_string(), "--cafile"])
-        .arg(mock.ca_file())
-        .env("SSL_CERT_FILE", mock.ca_file());
-    if !only.is_empty() {
-        cmd.args(["--only", &only.join(",")]);
-    }
-    let out = cmd.output().with_context(|| {
-        format!(
-            "running {} {}",
-            python.display(),
-            sdk_client_script().display()
-        )
-    })?;
+    let out = cmd
+        .arg(script)
+        .args(["--port", &port.to_string(), "--cafile"])
+        .arg(ca_file)
+        .args(args)
+        .env("SSL_CERT_FILE", ca_file)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     let wall = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!(
-            "sdk_client.py failed ({}):\nstderr:\n{stderr}\nstdout (first 4000 bytes):\n{}",
+            "{name} failed ({}):\nstderr:\n{stderr}\nstdout (first 4000 bytes):\n{}",
             out.status,
             stdout.chars().take(4000).collect::<String>()
         );
     }
     let report: SdkReport = serde_json::from_str(&stdout)
-        .with_context(|| format!("sdk_client.py output is not its report:\n{stdout}\n{stderr}"))?;
+        .with_context(|| format!("{name} output is not its report:\n{stdout}\n{stderr}"))?;
     Ok((report, wall))
 }
 
@@ -180,7 +208,7 @@ fn same_count(sdk: Option<u64>, mock: Option<u64>) -> bool {
 
 /// Checks the SDKs' view against what the mock sent, call by call (calls are matched to
 /// requests by model name, in order), and the wire facts every request must show: HTTP/1.1
-/// negotiated by ALPN, the real host name in SNI and `Host`. Returns the disagreements.
+/// (HTTP/2 from the HTTP/2 mock) negotiated by ALPN, the real host name in SNI and `Host`. Returns the disagreements.
 pub fn check_against_mock(report: &SdkReport, records: &[RequestRecord]) -> Vec<String> {
     let mut problems = Vec::new();
     for (call, rec) in report
@@ -248,9 +276,13 @@ pub fn check_against_mock(report: &SdkReport, records: &[RequestRecord]) -> Vec<
                 rec.tokens
             ));
         }
-        if rec.http_version != "HTTP/1.1" || rec.alpn.as_deref() != Some("http/1.1") {
+        let negotiated = matches!(
+            (rec.http_version.as_str(), rec.alpn.as_deref()),
+            ("HTTP/1.1", Some("http/1.1")) | ("HTTP/2", Some("h2"))
+        );
+        if !negotiated {
             problems.push(format!(
-                "{who}: {} with ALPN {:?}, expected HTTP/1.1 negotiated as http/1.1",
+                "{who}: {} with ALPN {:?}, expected HTTP/1.1 negotiated as http/1.1 (or HTTP/2 as h2)",
                 rec.http_version, rec.alpn
             ));
         }

@@ -15,6 +15,7 @@
 
 mod body_decoder;
 mod chunked;
+mod h2;
 mod parser;
 mod sparse;
 mod tracker;

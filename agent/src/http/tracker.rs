@@ -46,6 +46,7 @@ use tokentap_common::Direction;
 
 use super::{
     body_decoder::{BodyDecoder, DecodeError, coding_of},
+    h2::{self, conn::H2Conn},
     parser::{BodyFraming, DirParser, Head, MessageSink, ParseError, ResponseContext, StartLine},
     sparse::SparseBuilder,
     types::{
@@ -104,8 +105,8 @@ pub struct HttpStats {
     pub interrupted: u64,
     /// Connections that switched protocols (101) or became a CONNECT tunnel.
     pub upgrades: u64,
-    /// Connections recognised as not HTTP/1.x (HTTP/2, PostgreSQL, SMTP, ...), or that showed
-    /// no HTTP within the resynchronisation budget.
+    /// Connections recognised as not HTTP (PostgreSQL, SMTP, ...; HTTP/2 is counted in
+    /// `h2_connections`), or that showed no HTTP within the resynchronisation budget.
     pub non_http_connections: u64,
     /// Times a direction started skipping bytes to find a message start.
     pub resyncs: u64,
@@ -124,6 +125,19 @@ pub struct HttpStats {
     pub decoded_bytes: u64,
     /// Connections evicted because `max_connections` were tracked.
     pub connections_evicted: u64,
+    /// Connections recognised as HTTP/2 by the client preface.
+    pub h2_connections: u64,
+    /// HTTP/2 connections given up: a gap over a frame header or header block, an HPACK or
+    /// framing error (their open streams end interrupted; no further exchanges).
+    pub h2_desynced: u64,
+    /// HTTP/2 streams ended by RST_STREAM.
+    pub h2_streams_reset: u64,
+    /// HTTP/2 streams not tracked: the connection had its maximum of open streams.
+    pub h2_streams_over_limit: u64,
+    /// HTTP/2 header lists over `max_head_bytes` (their stream is not tracked).
+    pub h2_header_lists_too_large: u64,
+    /// HTTP/2 frames skipped unread (a SETTINGS frame too long to parse).
+    pub h2_frames_skipped: u64,
 }
 
 /// The HTTP stage: all connections' parsers and exchanges.
@@ -157,6 +171,7 @@ struct Conn {
 
 enum Mode {
     Http(Box<HttpConn>),
+    Http2(Box<H2Conn>),
     /// Not HTTP/1 (or no longer): items are dropped at the cost of a lookup.
     Ignored,
 }
@@ -165,7 +180,22 @@ struct HttpConn {
     write: DirParser,
     read: DirParser,
     ex: Exchanges,
+    /// The first bytes of each direction (write, read), held back from the parsers while
+    /// they could be an HTTP/2 opening.
+    openings: [Opening; 2],
 }
+
+/// The start of a direction while it could still open HTTP/2.
+#[derive(Debug)]
+enum Opening {
+    /// Records from offset 0 (capture time, bytes), held back from the parser.
+    Held(Vec<(u64, Vec<u8>)>),
+    /// Decided: the direction goes to the HTTP/1 parser.
+    Passed,
+}
+
+/// Bytes of a direction held back while deciding whether the connection is HTTP/2.
+const MAX_OPENING: usize = 1 << 10;
 
 /// The stitching state of one connection.
 #[derive(Default)]
@@ -236,12 +266,12 @@ impl ResponseBuild {
 }
 
 /// Everything of the tracker an event handler needs besides the connection.
-struct Ctx<'a> {
-    key: ConnKey,
-    config: &'a HttpConfig,
-    stats: &'a mut HttpStats,
-    scratch: &'a mut [u8],
-    emit: &'a mut dyn FnMut(HttpEvent<'_>),
+pub(super) struct Ctx<'a> {
+    pub(super) key: ConnKey,
+    pub(super) config: &'a HttpConfig,
+    pub(super) stats: &'a mut HttpStats,
+    pub(super) scratch: &'a mut [u8],
+    pub(super) emit: &'a mut dyn FnMut(HttpEvent<'_>),
 }
 
 impl HttpTracker {
@@ -276,8 +306,16 @@ impl HttpTracker {
                 record,
             } => {
                 let ktime = record.common.ktime_ns;
-                self.with_conn(key, emit, |conn, ctx| {
-                    conn.data(record.direction, offset, record.data, ktime, ctx);
+                self.with_conn(key, emit, |mode, ctx| match mode {
+                    Mode::Http(http) => {
+                        if let Some(client_dir) =
+                            http.data(record.direction, offset, record.data, ktime, ctx)
+                        {
+                            *mode = Mode::Http2(Box::new(http.switch_to_http2(client_dir, ctx)));
+                        }
+                    }
+                    Mode::Http2(h2) => h2.data(record.direction, offset, record.data, ktime, ctx),
+                    Mode::Ignored => {}
                 });
             }
             StreamItem::Gap {
@@ -287,8 +325,10 @@ impl HttpTracker {
                 len,
                 cause: _,
             } => {
-                self.with_conn(key, emit, |conn, ctx| {
-                    conn.gap(direction, offset, len, ctx);
+                self.with_conn(key, emit, |mode, ctx| match mode {
+                    Mode::Http(http) => http.gap(direction, offset, len, ctx),
+                    Mode::Http2(h2) => h2.gap(direction, offset, len, ctx),
+                    Mode::Ignored => {}
                 });
             }
             StreamItem::Closed { key, reason: _ } => {
@@ -305,7 +345,7 @@ impl HttpTracker {
         &mut self,
         key: ConnKey,
         emit: &mut dyn FnMut(HttpEvent<'_>),
-        f: impl FnOnce(&mut HttpConn, &mut Ctx<'_>),
+        f: impl FnOnce(&mut Mode, &mut Ctx<'_>),
     ) {
         if !self.conns.contains_key(&key) {
             self.open(key, emit);
@@ -322,9 +362,9 @@ impl HttpTracker {
             return;
         };
         conn.referenced = true;
-        let Mode::Http(http) = &mut conn.mode else {
+        if matches!(conn.mode, Mode::Ignored) {
             return;
-        };
+        }
         let mut ctx = Ctx {
             key,
             config,
@@ -332,9 +372,17 @@ impl HttpTracker {
             scratch,
             emit,
         };
-        f(http, &mut ctx);
-        if http.ex.stop {
-            http.wind_up(&mut ctx);
+        f(&mut conn.mode, &mut ctx);
+        let done = match &mut conn.mode {
+            Mode::Http(http) if http.ex.stop => {
+                http.wind_up(&mut ctx);
+                true
+            }
+            // A desynchronised connection has already ended its streams.
+            Mode::Http2(h2) => h2.is_desynced(),
+            _ => false,
+        };
+        if done {
             conn.mode = Mode::Ignored;
         }
     }
@@ -354,6 +402,7 @@ impl HttpTracker {
                 write: DirParser::new(self.config.max_head_bytes),
                 read: DirParser::new(self.config.max_head_bytes),
                 ex: Exchanges::default(),
+                openings: [Opening::Held(Vec::new()), Opening::Held(Vec::new())],
             })),
         };
         self.conns.insert(key, conn);
@@ -382,15 +431,20 @@ impl HttpTracker {
     }
 
     fn close(&mut self, key: ConnKey, conn: Conn, emit: &mut dyn FnMut(HttpEvent<'_>)) {
-        if let Mode::Http(mut http) = conn.mode {
-            let mut ctx = Ctx {
-                key,
-                config: &self.config,
-                stats: &mut self.stats,
-                scratch: &mut self.scratch,
-                emit,
-            };
-            http.wind_up(&mut ctx);
+        let mut ctx = Ctx {
+            key,
+            config: &self.config,
+            stats: &mut self.stats,
+            scratch: &mut self.scratch,
+            emit,
+        };
+        match conn.mode {
+            Mode::Http(mut http) => {
+                http.pass_openings(&mut ctx);
+                http.wind_up(&mut ctx);
+            }
+            Mode::Http2(mut h2) => h2.wind_up(&mut ctx),
+            Mode::Ignored => {}
         }
     }
 
@@ -405,8 +459,104 @@ impl HttpTracker {
 }
 
 impl HttpConn {
-    fn data(&mut self, dir: Direction, offset: u64, data: &[u8], ktime: u64, ctx: &mut Ctx<'_>) {
-        let Self { write, read, ex } = self;
+    /// Data of `dir`. Returns the client's direction when the connection turns out to be
+    /// HTTP/2 (the client preface was just completed).
+    fn data(
+        &mut self,
+        dir: Direction,
+        offset: u64,
+        data: &[u8],
+        ktime: u64,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<Direction> {
+        if let Opening::Held(records) = &mut self.openings[dir as usize] {
+            let held: usize = records.iter().map(|(_, d)| d.len()).sum();
+            if offset == held as u64 {
+                // The direction's first bytes so far: enough to tell the preface.
+                let mut first = Vec::with_capacity(h2::PREFACE.len());
+                for d in records.iter().map(|(_, d)| &d[..]).chain([data]) {
+                    let room = h2::PREFACE.len() - first.len();
+                    first.extend_from_slice(d.get(..room.min(d.len())).unwrap_or_default());
+                }
+                match h2::opening(&first) {
+                    h2::Opening::Preface => {
+                        records.push((ktime, data.to_vec()));
+                        return Some(dir);
+                    }
+                    h2::Opening::Maybe if held + data.len() <= MAX_OPENING => {
+                        records.push((ktime, data.to_vec()));
+                        return None;
+                    }
+                    _ => {}
+                }
+            }
+            // Not an HTTP/2 opening: what was held goes to the parser first.
+            self.pass_opening(dir, ctx);
+        }
+        self.parse(dir, offset, data, ktime, ctx);
+        None
+    }
+
+    /// Hands the held start of `dir` to the HTTP/1 parser: the direction is not HTTP/2.
+    fn pass_opening(&mut self, dir: Direction, ctx: &mut Ctx<'_>) {
+        let held = std::mem::replace(&mut self.openings[dir as usize], Opening::Passed);
+        if let Opening::Held(records) = held {
+            let mut offset = 0;
+            for (ktime, data) in records {
+                self.parse(dir, offset, &data, ktime, ctx);
+                offset += data.len() as u64;
+            }
+        }
+    }
+
+    fn pass_openings(&mut self, ctx: &mut Ctx<'_>) {
+        self.pass_opening(Direction::Write, ctx);
+        self.pass_opening(Direction::Read, ctx);
+    }
+
+    /// The connection is HTTP/2, its client writing in `client_dir`: the held bytes of both
+    /// directions go to the HTTP/2 decoder, in capture order.
+    fn switch_to_http2(&mut self, client_dir: Direction, ctx: &mut Ctx<'_>) -> H2Conn {
+        ctx.stats.h2_connections += 1;
+        self.write.stop();
+        self.read.stop();
+        let mut h2 = H2Conn::new(client_dir, h2::PREFACE.len() as u64);
+        let mut records = Vec::new();
+        for dir in [Direction::Write, Direction::Read] {
+            let held = std::mem::replace(&mut self.openings[dir as usize], Opening::Passed);
+            match held {
+                Opening::Held(held) => {
+                    let mut offset = 0;
+                    for (ktime, data) in held {
+                        let len = data.len() as u64;
+                        records.push((ktime, dir, offset, data));
+                        offset += len;
+                    }
+                }
+                Opening::Passed => {
+                    // Its start went to the HTTP/1 parser: HPACK cannot be followed.
+                    let seen = match dir {
+                        Direction::Write => self.write.pos(),
+                        Direction::Read => self.read.pos(),
+                    };
+                    h2.gap(dir, 0, seen.max(1), ctx);
+                }
+            }
+        }
+        records.sort_by_key(|(ktime, ..)| *ktime);
+        for (ktime, dir, offset, data) in records {
+            h2.data(dir, offset, &data, ktime, ctx);
+        }
+        h2
+    }
+
+    fn parse(&mut self, dir: Direction, offset: u64, data: &[u8], ktime: u64, ctx: &mut Ctx<'_>) {
+        let Self {
+            write,
+            read,
+            ex,
+            openings: _,
+        } = self;
         let (parser, peer) = match dir {
             Direction::Write => (write, read),
             Direction::Read => (read, write),
@@ -422,7 +572,13 @@ impl HttpConn {
     }
 
     fn gap(&mut self, dir: Direction, offset: u64, len: u64, ctx: &mut Ctx<'_>) {
-        let Self { write, read, ex } = self;
+        self.pass_opening(dir, ctx);
+        let Self {
+            write,
+            read,
+            ex,
+            openings: _,
+        } = self;
         let (parser, peer) = match dir {
             Direction::Write => (write, read),
             Direction::Read => (read, write),
@@ -438,7 +594,12 @@ impl HttpConn {
 
     /// The connection is over (closed, evicted, or no longer parsed): ends what is open.
     fn wind_up(&mut self, ctx: &mut Ctx<'_>) {
-        let Self { write, read, ex } = self;
+        let Self {
+            write,
+            read,
+            ex,
+            openings: _,
+        } = self;
         write.stop();
         read.stop();
         let Some((_, request_dir)) = ex.role else {

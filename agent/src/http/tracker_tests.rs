@@ -926,16 +926,19 @@ fn joining_between_request_and_response_skips_the_orphan() {
 
 #[test]
 fn http2_preface_is_not_http1() {
+    // HTTP/1 after the preface is not HTTP/2 framing: the connection is given up.
     let run = check(
         &[
-            w(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"),
+            w(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
             r(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"),
             w("GET / HTTP/1.1\r\n\r\n"),
             r("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         ],
         &[],
     );
-    assert_eq!(run.stats.non_http_connections, 1);
+    assert_eq!(run.stats.h2_connections, 1);
+    assert_eq!(run.stats.h2_desynced, 1);
+    assert_eq!(run.stats.non_http_connections, 0);
     assert_eq!(run.open, 1, "remembered as ignored until closed");
 }
 
@@ -1634,3 +1637,6 @@ fn mutated_captures_keep_exchanges_well_formed() {
         assert_well_formed(&events);
     }
 }
+
+#[path = "h2/tracker_tests.rs"]
+mod h2_streams;
