@@ -80,6 +80,17 @@ pub enum LibraryKind {
     OpenSsl,
     /// glibc's or musl's dynamic loader: `_dl_debug_state` reports library loads.
     DynamicLoader,
+    /// Another executable or library with OpenSSL or BoringSSL compiled in (Node.js, a static
+    /// build): hooked at the file offsets its symbol tables give
+    /// ([`crate::tls_stacks::elf_symbols`]).
+    EmbeddedOpenSsl,
+}
+
+impl LibraryKind {
+    /// Whether TLS plaintext is captured from this file (not the loader).
+    pub fn is_tls(self) -> bool {
+        matches!(self, LibraryKind::OpenSsl | LibraryKind::EmbeddedOpenSsl)
+    }
 }
 
 /// The kind of library a path names, if tokentap hooks it.
@@ -110,6 +121,9 @@ pub struct LibraryFile {
     /// Where it was found, for people: `/usr/lib/.../libssl.so.3`, or the path inside a
     /// process with its pid.
     pub display: String,
+    /// File offsets of the hooked functions, for files whose functions are not attached by
+    /// name ([`LibraryKind::EmbeddedOpenSsl`]); empty otherwise.
+    pub offsets: Vec<(&'static str, u64)>,
 }
 
 impl LibraryFile {
@@ -132,6 +146,7 @@ impl LibraryFile {
             inode: meta.ino(),
             file,
             display,
+            offsets: Vec::new(),
         })
     }
 }
@@ -163,12 +178,21 @@ pub fn process_libraries(
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for m in parse_maps(&maps) {
-        let Some(kind) = classify(&m.path) else {
-            continue;
-        };
         if seen.contains(&m.inode) {
             continue;
         }
+        let Some(kind) = classify(&m.path) else {
+            // Any other executable mapping may have OpenSSL compiled in (scanned once per file).
+            if m.perms.contains('x') {
+                seen.push(m.inode);
+                match embedded_openssl(proc_root, pid, &m) {
+                    Ok(Some(lib)) => found.push(lib),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            continue;
+        };
         seen.push(m.inode);
         match open_mapped(proc_root, pid, &m, kind) {
             Ok(lib) => found.push(lib),
@@ -178,6 +202,23 @@ pub fn process_libraries(
     Ok((found, errors))
 }
 
+/// A mapped file with OpenSSL's functions defined in it, with their file offsets.
+fn embedded_openssl(
+    proc_root: &Path,
+    pid: u32,
+    m: &MappedFile,
+) -> Result<Option<LibraryFile>, OpenLibraryError> {
+    let file = open_mapped_file(proc_root, pid, m)?;
+    let info = crate::tls_stacks::elf_symbols::scan_cached(&file)?;
+    if !info.hookable_ssl() {
+        return Ok(None);
+    }
+    let display = format!("{} (pid {pid})", m.path.display());
+    let mut lib = LibraryFile::from_file(LibraryKind::EmbeddedOpenSsl, file, display)?;
+    lib.offsets = info.ssl_functions.clone();
+    Ok(Some(lib))
+}
+
 fn open_mapped(
     proc_root: &Path,
     pid: u32,
@@ -185,23 +226,33 @@ fn open_mapped(
     kind: LibraryKind,
 ) -> Result<LibraryFile, OpenLibraryError> {
     let display = format!("{} (pid {pid})", m.path.display());
+    let file = open_mapped_file(proc_root, pid, m)?;
+    Ok(LibraryFile::from_file(kind, file, display)?)
+}
+
+/// Opens the file behind a mapping of `pid` without following paths outside its root.
+pub fn open_mapped_file(
+    proc_root: &Path,
+    pid: u32,
+    m: &MappedFile,
+) -> Result<File, OpenLibraryError> {
     // The mapped file itself; needs CAP_SYS_ADMIN (or ptrace access on newer kernels).
     let by_range = proc_root.join(format!("{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(file) = File::open(&by_range) {
-        return Ok(LibraryFile::from_file(kind, file, display)?);
+        return Ok(file);
     }
     let root = File::open(proc_root.join(format!("{pid}/root")))?;
     let file = openat2_in_root(&root, &m.path)?;
-    let lib = LibraryFile::from_file(kind, file, display)?;
-    if lib.inode != m.inode {
+    let found = file.metadata()?.ino();
+    if found != m.inode {
         return Err(OpenLibraryError::InodeMismatch {
             pid,
             path: m.path.display().to_string(),
-            found: lib.inode,
+            found,
             mapped: m.inode,
         });
     }
-    Ok(lib)
+    Ok(file)
 }
 
 /// Opens `path` read-only as if `root` were `/`: `..` and absolute symlinks stay inside it.

@@ -27,4 +27,5 @@ pub mod source;
 pub mod stage_metrics;
 pub mod stats;
 pub mod stream;
+pub mod tls_stacks;
 pub mod watch;

@@ -149,7 +149,7 @@ impl<S: StreamSink> Runtime<S> {
     pub fn attached_tls_libraries(&self) -> Vec<String> {
         self.probes
             .attached()
-            .filter(|a| a.kind == discovery::LibraryKind::OpenSsl)
+            .filter(|a| a.kind.is_tls())
             .map(|a| a.display.clone())
             .collect()
     }
