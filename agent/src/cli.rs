@@ -28,6 +28,16 @@ pub enum Command {
     Watch(WatchOptions),
     /// Print every captured TLS chunk as a JSON line on stdout (the debugging view).
     Capture(CaptureCommandOptions),
+    /// Print, for each process with TCP connections, its TLS stacks and whether tokentap hooks
+    /// them (no probes are loaded).
+    Status(StatusOptions),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusOptions {
+    /// One JSON object per process instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -15,7 +15,10 @@ use clap::{CommandFactory, FromArgMatches};
 use tokentap::{
     anomalies::{AnomalyDetector, AnomalyMetrics},
     capture::CaptureSink,
-    cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, WatchOptions},
+    cli::{
+        AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, StatusOptions,
+        WatchOptions,
+    },
     config::{FileConfig, apply},
     cost::{CostMetrics, Pricer},
     exchange_log::ExchangeLog,
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Some(Command::Agent(opts)) => run_agent(cli.capture, opts).await,
             Some(Command::Watch(opts)) => run_watch(cli.capture, opts).await,
             Some(Command::Capture(opts)) => run_capture(cli.capture, opts).await,
+            Some(Command::Status(opts)) => run_status(&cli.capture, &opts),
         }
     });
     match result {
@@ -80,6 +84,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tokentap status`: the TLS coverage table from /proc.
+fn run_status(capture: &CaptureOptions, opts: &StatusOptions) -> anyhow::Result<()> {
+    use tokentap::tls_stacks::{coverage::LlmEndpoints, status};
+    let endpoints = LlmEndpoints::from_provider_args(&capture.providers);
+    let rows = status::scan_all(&capture.proc_root, &endpoints);
+    let text = if opts.json {
+        status::render_json(&rows)
+    } else {
+        status::render_table(&rows)
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
 /// The exchange stages with `sinks`, configured from the command line.

@@ -231,15 +231,13 @@ impl Probes {
 
     /// TLS library files hooked (the loaders are not counted).
     pub fn tls_libraries(&self) -> usize {
-        self.attached
-            .values()
-            .filter(|a| a.kind.is_tls())
-            .count()
+        self.attached.values().filter(|a| a.kind.is_tls()).count()
     }
 
-    /// Whether the file (device, inode) is hooked.
+    /// Whether the file (device, inode) is hooked. `/proc/PID/maps` may report another device
+    /// number than `fstat` for the same file (overlayfs), so the inode alone also matches.
     pub fn is_attached(&self, dev: u64, inode: u64) -> bool {
-        self.attached.contains_key(&(dev, inode))
+        self.attached.contains_key(&(dev, inode)) || self.attached.keys().any(|&(_, i)| i == inode)
     }
 
     /// Attaches the OpenSSL hooks to `lib` unless this file is already hooked.

@@ -5,3 +5,4 @@ pub mod otlp_receiver;
 pub mod prom;
 pub mod sdk;
 pub mod tls_server;
+pub mod tls_stacks;

@@ -69,7 +69,9 @@ const NIGHTLY: &str = "nightly";
 fn main() {
     let Xtask { task } = Xtask::parse();
     let result = match task {
-        Task::Setup => setup().and_then(|()| ensure_sdk_venv()),
+        Task::Setup => setup()
+            .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| ensure_tls_stack_clients()),
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
@@ -78,6 +80,7 @@ fn main() {
             fuzz_seconds,
         } => setup()
             .and_then(|()| ensure_sdk_venv())
+            .and_then(|()| ensure_tls_stack_clients())
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench { round_trips, runs } => setup().and_then(|()| bench(round_trips, runs)),
@@ -470,6 +473,13 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
             .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]),
     )
     .context("the fuzzer found a crash, a hang or an allocation blow-up: the input is in fuzz/artifacts/http_llm/")
+}
+
+/// The clients of the TLS-stack end-to-end tests (tests/tests/tls_stacks.rs): a C compiler and
+/// OpenSSL's static archives (a client with OpenSSL linked in), Node.js, and GnuTLS's
+/// `gnutls-cli` (a stack tokentap does not hook).
+fn ensure_tls_stack_clients() -> anyhow::Result<()> {
+    ensure_apt(&["gcc", "libc6-dev", "libssl-dev", "nodejs", "gnutls-bin"])
 }
 
 /// Installs Debian packages that are missing.

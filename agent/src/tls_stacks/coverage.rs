@@ -92,6 +92,46 @@ pub fn count(rows: &[ProcessCoverage], is_hooked: impl Fn(&StackUse) -> bool) ->
     counts
 }
 
+/// The agent's side of the view: counts for the gauge, and one warning per process that
+/// talks to an LLM endpoint through a stack that is not hooked.
+#[derive(Default)]
+pub struct CoverageWatch {
+    warned: HashSet<u32>,
+}
+
+impl CoverageWatch {
+    pub fn update(
+        &mut self,
+        rows: &[ProcessCoverage],
+        is_hooked: impl Fn(&StackUse) -> bool,
+    ) -> CoverageCounts {
+        let live: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
+        self.warned.retain(|pid| live.contains(pid));
+        for row in rows {
+            let Some(endpoint) = row.connections.to_llm_endpoints.first() else {
+                continue;
+            };
+            if row.stacks.iter().any(&is_hooked) {
+                continue;
+            }
+            if self.warned.insert(row.pid) {
+                let stacks: Vec<&str> = row.stacks.iter().map(|s| s.stack.as_str()).collect();
+                log::warn!(
+                    "pid {} ({}) has a connection to {endpoint} through TLS that is not hooked ({}): its LLM calls are not counted",
+                    row.pid,
+                    row.executable,
+                    if stacks.is_empty() {
+                        "no TLS library recognised".to_owned()
+                    } else {
+                        stacks.join(", ")
+                    }
+                );
+            }
+        }
+        count(rows, is_hooked)
+    }
+}
+
 /// The stacks in a process's memory map. `elf_info` scans a mapped file that is not a known TLS
 /// library (cached: each file once); `None` when it cannot be opened.
 pub fn stacks_in_maps(

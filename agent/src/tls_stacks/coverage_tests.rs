@@ -52,7 +52,11 @@ fn llm_endpoints_are_port_443_or_provider_ip_literals() {
     assert!(e.matches(&"[::1]:9000".parse().expect("addr")));
     assert!(e.matches(&"10.0.0.1:443".parse().expect("addr")));
     assert!(!e.matches(&"10.0.0.1:8443".parse().expect("addr")));
-    assert_eq!(e.exact.len(), 2, "a host name cannot be matched at the socket layer");
+    assert_eq!(
+        e.exact.len(),
+        2,
+        "a host name cannot be matched at the socket layer"
+    );
 }
 
 fn mapped(path: &str, inode: u64, perms: &str) -> MappedFile {
@@ -108,8 +112,10 @@ fn stacks_from_library_names_and_elf_contents() {
     });
     // Known libraries are judged by name, without opening them.
     assert_eq!(asked, vec![10, 13, 14, 16, 17]);
-    let got: Vec<(TlsStack, bool, u64)> =
-        stacks.iter().map(|s| (s.stack, s.hookable, s.inode)).collect();
+    let got: Vec<(TlsStack, bool, u64)> = stacks
+        .iter()
+        .map(|s| (s.stack, s.hookable, s.inode))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -246,7 +252,10 @@ fn scans_a_fake_proc_tree() {
     let table = crate::tls_stacks::status::render_table(&[p100.clone(), p200.clone()]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
-    assert!(lines[1].starts_with("100  python3.11  openssl-shared  yes"), "{table}");
+    assert!(
+        lines[1].starts_with("100  python3.11  openssl-shared  yes"),
+        "{table}"
+    );
     assert!(
         lines[2].contains("gnutls") && lines[2].contains("NO (unsupported TLS to LLM endpoint)"),
         "{table}"

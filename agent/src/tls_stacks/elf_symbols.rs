@@ -176,7 +176,9 @@ fn is_rustls_symbol(name: &[u8]) -> bool {
 }
 
 /// OpenSSL's `OPENSSL_VERSION_TEXT` ("OpenSSL 3.0.19 …", "OpenSSL 1.1.1w …") in `.rodata`.
-fn rodata_has_openssl_version<'data, R: ReadRef<'data>>(elf: &ElfFile64<'data, Endianness, R>) -> bool {
+fn rodata_has_openssl_version<'data, R: ReadRef<'data>>(
+    elf: &ElfFile64<'data, Endianness, R>,
+) -> bool {
     let Some(rodata) = elf.section_by_name(".rodata") else {
         return false;
     };

@@ -283,7 +283,7 @@ fn an_address_outside_executable_segments_has_no_offset() {
         .symbols(
             Table::Symtab,
             &[
-                ("SSL_read", 0x40_0010, true), // in the read-only segment
+                ("SSL_read", 0x40_0010, true),               // in the read-only segment
                 ("SSL_write", TEXT_VADDR + TEXT_SIZE, true), // one past the end
             ],
         )

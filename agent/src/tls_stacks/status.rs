@@ -9,7 +9,9 @@ use std::{fmt::Write as _, path::Path};
 
 use serde_json::json;
 
-use super::coverage::{Coverage, LlmEndpoints, ProcScanner, ProcessCoverage, StackUse, scan_mapped};
+use super::coverage::{
+    Coverage, LlmEndpoints, ProcScanner, ProcessCoverage, StackUse, scan_mapped,
+};
 use crate::discovery;
 
 /// Every process with an established TCP connection.
