@@ -27,10 +27,11 @@ use object::{
 
 /// Files larger than this are not scanned (no executable or library is this large).
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
-/// Symbol or string tables larger than this are not read.
+/// Symbol tables larger than this are not searched. (`object` reads the symbol and string
+/// tables when it opens the file; the file size cap bounds that.)
 const MAX_TABLE_BYTES: u64 = 256 << 20;
-/// `.rodata` is searched for OpenSSL's version string only when no symbol was found, and only
-/// up to this size.
+/// `.rodata` is searched for libssl's traces only when no symbol was found, and only up to this
+/// size.
 const MAX_RODATA_BYTES: u64 = 64 << 20;
 
 /// OpenSSL's (and BoringSSL's) functions tokentap hooks.
@@ -57,8 +58,8 @@ pub struct ElfTlsInfo {
     /// Defined functions of [`SSL_FUNCTIONS`] with their file offsets.
     pub ssl_functions: Vec<(&'static str, u64)>,
     pub flavor: Option<SslFlavor>,
-    /// Symbols are absent (stripped) but OpenSSL's version string is in `.rodata`: OpenSSL is
-    /// compiled in and cannot be hooked by name.
+    /// Symbols are absent (stripped) but libssl's source file names are in `.rodata`: OpenSSL
+    /// (or BoringSSL) is compiled in and tokentap cannot tell where its functions are.
     pub stripped_openssl: bool,
     /// A Go program (`.go.buildinfo`).
     pub go: bool,
@@ -165,7 +166,7 @@ pub fn scan_elf<'data, R: ReadRef<'data>>(data: R) -> Result<ElfTlsInfo, ElfScan
         info.go_crypto_tls = true;
     }
     if info.ssl_functions.is_empty() && !info.go {
-        info.stripped_openssl = rodata_has_openssl_version(&elf);
+        info.stripped_openssl = rodata_has_libssl(&elf);
     }
     Ok(info)
 }
@@ -175,10 +176,11 @@ fn is_rustls_symbol(name: &[u8]) -> bool {
     name.windows(7).any(|w| w == b"6rustls")
 }
 
-/// OpenSSL's `OPENSSL_VERSION_TEXT` ("OpenSSL 3.0.19 …", "OpenSSL 1.1.1w …") in `.rodata`.
-fn rodata_has_openssl_version<'data, R: ReadRef<'data>>(
-    elf: &ElfFile64<'data, Endianness, R>,
-) -> bool {
+/// libssl's own source file name in `.rodata`: OpenSSL and BoringSSL record `__FILE__` with
+/// every error they raise (`ssl/ssl_lib.c`, BoringSSL's `ssl_lib.cc`), unless built with
+/// `OPENSSL_NO_FILENAMES`. libcrypto alone (hash modules, `libcrypto.so`) does not have it, and
+/// neither does a module that merely imports OpenSSL.
+fn rodata_has_libssl<'data, R: ReadRef<'data>>(elf: &ElfFile64<'data, Endianness, R>) -> bool {
     let Some(rodata) = elf.section_by_name(".rodata") else {
         return false;
     };
@@ -188,9 +190,8 @@ fn rodata_has_openssl_version<'data, R: ReadRef<'data>>(
     let Ok(data) = rodata.data() else {
         return false;
     };
-    [b"OpenSSL 3.".as_slice(), b"OpenSSL 1.1.", b"OpenSSL 1.0."]
-        .iter()
-        .any(|needle| data.windows(needle.len()).any(|w| w == *needle))
+    let needle = b"ssl_lib.c";
+    data.windows(needle.len()).any(|w| w == needle)
 }
 
 /// An executable `PT_LOAD` segment: where its bytes are in the file and in memory.

@@ -294,10 +294,21 @@ fn an_address_outside_executable_segments_has_no_offset() {
 #[test]
 fn stripped_openssl_go_and_rustls_are_recognised() {
     let stripped = SyntheticElf::new()
-        .section(".rodata", b"\0\0OpenSSL 3.0.19 27 Jan 2026\0")
+        .section(
+            ".rodata",
+            b"\0OpenSSL 3.0.19 27 Jan 2026\0../ssl/ssl_lib.c\0",
+        )
         .build();
     let info = scan(&stripped);
     assert!(info.stripped_openssl && !info.hookable_ssl());
+    // libcrypto alone (a hash module): the version string without libssl is not TLS.
+    let crypto_only = SyntheticElf::new()
+        .section(
+            ".rodata",
+            b"\0OpenSSL 3.0.19 27 Jan 2026\0crypto/evp/digest.c\0",
+        )
+        .build();
+    assert!(!scan(&crypto_only).stripped_openssl);
 
     let go = SyntheticElf::new()
         .section(".go.buildinfo", b"\xff Go buildinf:")
@@ -378,9 +389,14 @@ fn real_libssl_and_libc() {
     assert_eq!(info.flavor, Some(SslFlavor::OpenSsl));
     assert!(info.build_id.as_ref().is_some_and(|id| id.len() == 40));
 
-    let libc = File::open(Path::new(&dir).join("libc.so.6")).expect("libc");
-    let info = scan_file(&libc).expect("libc scans");
-    assert!(info.ssl_functions.is_empty() && !info.stripped_openssl && !info.go);
+    for lib in ["libc.so.6", "libcrypto.so.3"] {
+        let file = File::open(Path::new(&dir).join(lib)).expect(lib);
+        let info = scan_file(&file).expect("scans");
+        assert!(
+            info.ssl_functions.is_empty() && !info.stripped_openssl && !info.go,
+            "{lib}: {info:?}"
+        );
+    }
 }
 
 #[test]
