@@ -95,8 +95,7 @@ fn truth(provider: &str, stream: bool, model: String, raw: &[u8]) -> CallTruth {
         ("openai", true) => {
             let usage = sse_events(&body)
                 .into_iter()
-                .filter(|e| e["usage"].is_object())
-                .last()
+                .rfind(|e| e["usage"].is_object())
                 .expect("a usage chunk");
             call.input = usage["usage"]["prompt_tokens"].as_u64();
             call.output = usage["usage"]["completion_tokens"].as_u64();

@@ -20,15 +20,17 @@ use std::{
 };
 
 use object::{
-    Endianness, Object, ObjectSection, ObjectSymbol, ReadCache, ReadRef,
-    elf::{PF_X, PT_LOAD},
-    read::elf::{ElfFile64, ProgramHeader},
+    Endianness, ReadCache, ReadRef, SectionIndex,
+    elf::{
+        ELF_NOTE_GNU, FileHeader64, NT_GNU_BUILD_ID, PF_X, PT_LOAD, ProgramHeader64, SHN_UNDEF,
+        SHT_DYNSYM, SHT_SYMTAB, Sym64,
+    },
+    read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable, Sym},
 };
 
 /// Files larger than this are not scanned (no executable or library is this large).
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
-/// Symbol tables larger than this are not searched. (`object` reads the symbol and string
-/// tables when it opens the file; the file size cap bounds that.)
+/// Symbol or string tables larger than this are not read.
 const MAX_TABLE_BYTES: u64 = 256 << 20;
 /// `.rodata` is searched for libssl's traces only when no symbol was found, and only up to this
 /// size.
@@ -99,56 +101,71 @@ pub enum ElfScanError {
 }
 
 /// Scans an ELF image. `data` is a byte slice (tests) or a `&ReadCache<File>` (real files).
+///
+/// Reads the headers, then each symbol table's string table, and the symbols themselves only
+/// when those strings mention `SSL_read`/`SSL_write`; `.symtab` only when `.dynsym` did not
+/// already give every function (a binary may export some and call others internally).
 pub fn scan_elf<'data, R: ReadRef<'data>>(data: R) -> Result<ElfTlsInfo, ElfScanError> {
-    let elf = ElfFile64::<Endianness, R>::parse(data).map_err(ElfScanError::NotElf)?;
+    let header = FileHeader64::<Endianness>::parse(data).map_err(ElfScanError::NotElf)?;
+    let endian = header.endian().map_err(ElfScanError::NotElf)?;
+    let program_headers = header
+        .program_headers(endian, data)
+        .map_err(ElfScanError::NotElf)?;
+    let loads = executable_loads(program_headers, endian);
+    let sections = header
+        .sections(endian, data)
+        .map_err(ElfScanError::NotElf)?;
     let mut info = ElfTlsInfo {
-        build_id: elf
-            .build_id()
-            .ok()
-            .flatten()
-            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect()),
+        build_id: build_id(&sections, endian, data),
+        go: sections.section_by_name(endian, b".go.buildinfo").is_some(),
         ..ElfTlsInfo::default()
     };
-    let loads = executable_loads(&elf);
     let mut boringssl = false;
     let mut symtab_seen = false;
-    for (table, section) in [(".dynsym", ".dynstr"), (".symtab", ".strtab")] {
-        let Some(sym_section) = elf.section_by_name(table) else {
+    for sh_type in [SHT_DYNSYM, SHT_SYMTAB] {
+        // Every function exported: the (larger) `.symtab` has nothing to add.
+        if sh_type == SHT_SYMTAB && info.ssl_functions.len() == SSL_FUNCTIONS.len() {
+            break;
+        }
+        let Some(table) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
             continue;
         };
-        let str_size = elf.section_by_name(section).map_or(0, |s| s.size());
-        if sym_section.size() > MAX_TABLE_BYTES || str_size > MAX_TABLE_BYTES {
+        symtab_seen |= sh_type == SHT_SYMTAB;
+        let Ok(strtab) = sections.section(SectionIndex(table.sh_link(endian) as usize)) else {
+            continue;
+        };
+        if table.sh_size(endian) > MAX_TABLE_BYTES || strtab.sh_size(endian) > MAX_TABLE_BYTES {
             continue;
         }
-        let symbols = if table == ".dynsym" {
-            elf.dynamic_symbols()
-        } else {
-            symtab_seen = true;
-            elf.symbols()
+        let (Ok(strings), Ok(symbols)) = (
+            strtab.data(endian, data),
+            table.data_as_array::<Sym64<Endianness>, R>(endian, data),
+        ) else {
+            continue;
         };
+        if sh_type == SHT_SYMTAB {
+            // rustls' items carry the crate name in their mangled symbols (`_ZN6rustls…`).
+            info.rustls |= contains(strings, b"6rustls");
+            info.go_crypto_tls |= contains(strings, b"crypto/tls.(*Conn).Write");
+        }
+        boringssl |= contains(strings, b"BORINGSSL_")
+            || contains(strings, b"SSL_CTX_set_strict_cipher_list");
+        if !contains(strings, b"SSL_read") && !contains(strings, b"SSL_write") {
+            continue;
+        }
         for symbol in symbols {
-            let Ok(name) = symbol.name_bytes() else {
-                continue;
-            };
-            if table == ".symtab" && !info.rustls && is_rustls_symbol(name) {
-                info.rustls = true;
-            }
-            if name.starts_with(b"BORINGSSL_") || name == b"SSL_CTX_set_strict_cipher_list" {
-                boringssl = true;
-            }
-            if name == b"crypto/tls.(*Conn).Write" {
-                info.go_crypto_tls = true;
-            }
-            if !symbol.is_definition() {
+            // Undefined: an import of another file's function (the system libssl).
+            if symbol.st_shndx(endian) == SHN_UNDEF {
                 continue;
             }
+            let name = c_string_at(strings, symbol.st_name(endian) as usize);
             let Some(function) = SSL_FUNCTIONS.iter().find(|f| f.as_bytes() == name) else {
                 continue;
             };
             if info.offset_of(function).is_some() {
                 continue;
             }
-            if let Some(offset) = file_offset(&loads, symbol.address()) {
+            if let Some(offset) = file_offset(&loads, symbol.st_value(endian)) {
                 info.ssl_functions.push((function, offset));
             }
         }
@@ -160,38 +177,67 @@ pub fn scan_elf<'data, R: ReadRef<'data>>(data: R) -> Result<ElfTlsInfo, ElfScan
             SslFlavor::OpenSsl
         });
     }
-    info.go = elf.section_by_name(".go.buildinfo").is_some();
     // A stripped Go binary keeps no symbol names to tell; assume the worst (it may speak TLS).
     if info.go && !symtab_seen {
         info.go_crypto_tls = true;
     }
     if info.ssl_functions.is_empty() && !info.go {
-        info.stripped_openssl = rodata_has_libssl(&elf);
+        info.stripped_openssl = rodata_has_libssl(&sections, endian, data);
     }
     Ok(info)
 }
 
-/// rustls' items carry the crate name in their mangled symbols (`_ZN6rustls…`, v0 `…6rustls…`).
-fn is_rustls_symbol(name: &[u8]) -> bool {
-    name.windows(7).any(|w| w == b"6rustls")
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The NUL-terminated string at `offset` (empty when out of range).
+fn c_string_at(strings: &[u8], offset: usize) -> &[u8] {
+    let Some(rest) = strings.get(offset..) else {
+        return &[];
+    };
+    rest.iter()
+        .position(|&b| b == 0)
+        .map_or(rest, |end| &rest[..end])
+}
+
+/// The GNU build id (hex), from its note section.
+fn build_id<'data, R: ReadRef<'data>>(
+    sections: &SectionTable<'data, FileHeader64<Endianness>, R>,
+    endian: Endianness,
+    data: R,
+) -> Option<String> {
+    for section in sections.iter() {
+        let Ok(Some(mut notes)) = section.notes(endian, data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == ELF_NOTE_GNU && note.n_type(endian) == NT_GNU_BUILD_ID {
+                return Some(note.desc().iter().map(|b| format!("{b:02x}")).collect());
+            }
+        }
+    }
+    None
 }
 
 /// libssl's own source file name in `.rodata`: OpenSSL and BoringSSL record `__FILE__` with
 /// every error they raise (`ssl/ssl_lib.c`, BoringSSL's `ssl_lib.cc`), unless built with
 /// `OPENSSL_NO_FILENAMES`. libcrypto alone (hash modules, `libcrypto.so`) does not have it, and
 /// neither does a module that merely imports OpenSSL.
-fn rodata_has_libssl<'data, R: ReadRef<'data>>(elf: &ElfFile64<'data, Endianness, R>) -> bool {
-    let Some(rodata) = elf.section_by_name(".rodata") else {
+fn rodata_has_libssl<'data, R: ReadRef<'data>>(
+    sections: &SectionTable<'data, FileHeader64<Endianness>, R>,
+    endian: Endianness,
+    data: R,
+) -> bool {
+    let Some((_, rodata)) = sections.section_by_name(endian, b".rodata") else {
         return false;
     };
-    if rodata.size() > MAX_RODATA_BYTES {
+    if rodata.sh_size(endian) > MAX_RODATA_BYTES {
         return false;
     }
-    let Ok(data) = rodata.data() else {
-        return false;
-    };
-    let needle = b"ssl_lib.c";
-    data.windows(needle.len()).any(|w| w == needle)
+    rodata
+        .data(endian, data)
+        .is_ok_and(|bytes| contains(bytes, b"ssl_lib.c"))
 }
 
 /// An executable `PT_LOAD` segment: where its bytes are in the file and in memory.
@@ -202,11 +248,11 @@ pub struct LoadSegment {
     pub filesz: u64,
 }
 
-fn executable_loads<'data, R: ReadRef<'data>>(
-    elf: &ElfFile64<'data, Endianness, R>,
+fn executable_loads(
+    headers: &[ProgramHeader64<Endianness>],
+    endian: Endianness,
 ) -> Vec<LoadSegment> {
-    let endian = elf.endian();
-    elf.elf_program_headers()
+    headers
         .iter()
         .filter(|ph| ph.p_type(endian) == PT_LOAD && ph.p_flags(endian) & PF_X != 0)
         .map(|ph| LoadSegment {

@@ -86,19 +86,19 @@ impl SyntheticElf {
         let mut placed = Vec::new();
         for (i, (_, _, _, data, ..)) in self.sections.iter().enumerate() {
             if i > 0 {
-                while out.len() % 8 != 0 {
+                while !out.len().is_multiple_of(8) {
                     out.push(0);
                 }
             }
             placed.push(out.len() as u64);
             out.extend_from_slice(data);
         }
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shstrtab_off = out.len() as u64;
         out.extend_from_slice(&shstrtab);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len() as u64;
