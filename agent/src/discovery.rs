@@ -188,7 +188,8 @@ pub fn process_libraries(
                 match embedded_openssl(proc_root, pid, &m) {
                     Ok(Some(lib)) => found.push(lib),
                     Ok(None) => {}
-                    Err(e) => errors.push(e),
+                    // Most such files have no TLS at all: not worth a warning every rescan.
+                    Err(e) => log::debug!("pid {pid}: {}: {e}", m.path.display()),
                 }
             }
             continue;
@@ -459,6 +460,55 @@ mod tests {
             libs[0].display
         );
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// OpenSSL under another file name (as inside Node or a static build) is found by its
+    /// symbols and carries the functions' file offsets; a file without them is not offered.
+    #[test]
+    fn openssl_inside_another_file_is_found_by_symbols() {
+        let base = temp_dir("embedded");
+        let libssl = PathBuf::from(format!(
+            "/usr/lib/{}-linux-gnu/libssl.so.3",
+            std::env::consts::ARCH
+        ));
+        let embedded = base.join("libapp-with-tls.so");
+        std::fs::copy(&libssl, &embedded).expect("copy libssl (the tests need OpenSSL 3)");
+        let plain = base.join("libplain.so");
+        std::fs::write(&plain, b"\x7fELF not really").expect("write");
+        let inode = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+        let proc_root = base.join("proc");
+        std::fs::create_dir_all(proc_root.join("42")).expect("mkdir");
+        symlink("/", proc_root.join("42/root")).expect("symlink");
+        std::fs::write(
+            proc_root.join("42/maps"),
+            format!(
+                "7f0000000000-7f0000001000 r-xp 00000000 fd:01 {} {}\n\
+                 7f0000002000-7f0000003000 r-xp 00000000 fd:01 {} {}\n\
+                 7f0000004000-7f0000005000 r--p 00000000 fd:01 {} {}\n",
+                inode(&embedded),
+                embedded.display(),
+                inode(&plain),
+                plain.display(),
+                inode(&embedded),
+                embedded.display(),
+            ),
+        )
+        .expect("write maps");
+        let (libs, errors) = process_libraries(&proc_root, 42).expect("maps");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(libs.len(), 1, "{libs:?}");
+        assert_eq!(libs[0].kind, LibraryKind::EmbeddedOpenSsl);
+        let names: Vec<&str> = libs[0].offsets.iter().map(|(f, _)| *f).collect();
+        for f in [
+            "SSL_read",
+            "SSL_read_ex",
+            "SSL_write",
+            "SSL_write_ex",
+            "SSL_free",
+        ] {
+            assert!(names.contains(&f), "{f} in {names:?}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
