@@ -66,6 +66,11 @@ pub struct CaptureOptions {
     /// Also hook this OpenSSL libssl file (repeatable).
     #[arg(long = "libssl", global = true, value_name = "PATH")]
     pub libssl: Vec<PathBuf>,
+    /// Directories of separate debug files (`.build-id/ab/cdef….debug`): a stripped file with
+    /// OpenSSL compiled in is hooked with the symbols of its own build's debug file
+    /// (repeatable).
+    #[arg(long = "debug-dir", global = true, default_value = crate::tls_stacks::elf_symbols::DEFAULT_DEBUG_DIR, value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// Seconds between full rescans of /proc for newly loaded TLS libraries (a safety net:
     /// process starts and library loads trigger scans at once).
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]

@@ -214,7 +214,14 @@ fn embedded_openssl(
     if !info.hookable_ssl() {
         return Ok(None);
     }
-    let display = format!("{} (pid {pid})", m.path.display());
+    let display = match &info.symbols_from {
+        Some(debug) => format!(
+            "{} (pid {pid}, symbols from {})",
+            m.path.display(),
+            debug.display()
+        ),
+        None => format!("{} (pid {pid})", m.path.display()),
+    };
     let mut lib = LibraryFile::from_file(LibraryKind::EmbeddedOpenSsl, file, display)?;
     lib.offsets = info.ssl_functions.clone();
     Ok(Some(lib))

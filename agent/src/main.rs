@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tokentap::tls_stacks::elf_symbols::set_debug_dirs(cli.capture.debug_dirs.clone());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

@@ -213,10 +213,21 @@ impl Drop for HeldChild {
     }
 }
 
+/// The static OpenSSL client, built by [`static_tls_client`].
+pub struct StaticClient {
+    /// With its symbols (`.symtab`).
+    pub bin: PathBuf,
+    /// The same build, stripped of every symbol.
+    pub stripped: PathBuf,
+    /// A debug-file directory holding the build's symbols as
+    /// `.build-id/ab/cdef….debug` (`objcopy --only-keep-debug`), as dbgsym packages install them.
+    pub debug_dir: PathBuf,
+}
+
 /// Builds `tests/clients/static_tls_client.c` against OpenSSL's static archives into
-/// `target/static-tls-client/` (once; again when the source changes), plus a stripped copy.
-/// Returns (unstripped, stripped).
-pub fn static_tls_client() -> anyhow::Result<(PathBuf, PathBuf)> {
+/// `target/static-tls-client/` (once; again when the source changes), plus a stripped copy
+/// and its debug file.
+pub fn static_tls_client() -> anyhow::Result<StaticClient> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = root.join("clients/static_tls_client.c");
     let dir = root.join("../target/static-tls-client");
@@ -260,7 +271,49 @@ pub fn static_tls_client() -> anyhow::Result<(PathBuf, PathBuf)> {
             bail!("strip failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    Ok((bin, stripped))
+    let debug_dir = dir.join("debug");
+    let build_id = build_id(&bin)?;
+    let debug_file = debug_dir
+        .join(".build-id")
+        .join(&build_id[..2])
+        .join(format!("{}.debug", &build_id[2..]));
+    if !debug_file.exists() {
+        std::fs::create_dir_all(debug_file.parent().ok_or_else(|| anyhow!("no parent"))?)?;
+        let out = Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&bin)
+            .arg(&debug_file)
+            .output()
+            .context("running objcopy (binutils)")?;
+        if !out.status.success() {
+            bail!("objcopy failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(StaticClient {
+        bin,
+        stripped,
+        debug_dir,
+    })
+}
+
+/// The GNU build id of an ELF file, from `readelf -n`.
+fn build_id(path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .context("running readelf (binutils)")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(|id| id.trim().to_owned())
+        .filter(|id| id.len() > 4)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no build id (gcc links with --build-id)",
+                path.display()
+            )
+        })
 }
 
 /// Splits an HTTP/1.1 response read to the end of the connection into (status, body), with a

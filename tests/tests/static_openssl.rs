@@ -10,14 +10,16 @@
 //!
 //! The client sends OpenAI- and Anthropic-shaped requests (JSON and SSE) to the mock provider,
 //! one TLS connection each, and keeps the answers; the usage in those answers is the ground
-//! truth that the agent's counters must equal. A stripped copy of the same binary (no symbols
-//! at all) must then show up in `tokentap status` and `tokentap_process_tls_coverage` as
-//! `openssl-static`, *unsupported*: tokentap cannot hook it, and says so.
+//! truth that the agent's counters must equal. Then a stripped copy of the same binary (no
+//! symbols at all, like Google Cloud SDK's bundled Python): `tokentap status` reports it as
+//! `openssl-static`, *unsupported*, when no debug file is at hand, and the agent, pointed with
+//! `--debug-dir` at the build's separate debug file (`objcopy --only-keep-debug`, found by build
+//! id as distributions' dbgsym packages install them), hooks it and counts its calls exactly.
 //!
-//! Needs root, gcc and libssl-dev (`cargo xtask setup` installs them). Run with
+//! Needs root, gcc, binutils and libssl-dev (`cargo xtask setup` installs them). Run with
 //! `cargo xtask test`.
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::{Value, json};
 use tokentap_tests::{
@@ -120,25 +122,24 @@ fn truth(provider: &str, stream: bool, model: String, raw: &[u8]) -> CallTruth {
     call
 }
 
-#[test]
-fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
-    if !privileged_tests_enabled() {
-        return;
-    }
-    let (client_bin, stripped_bin) = static_tls_client().expect("build the static OpenSSL client");
-    let mock = MockProvider::start().expect("start the mock provider");
-    let agent = Agent::start(&["agent", "--listen", "127.0.0.1:0", "--rescan-interval", "1"])
-        .expect("start tokentap agent");
-    let addr = agent_addr(&agent).expect("agent address");
-
-    let tag = format!("static{}", std::process::id());
-    let work = client_bin.with_file_name(format!("run-{}", std::process::id()));
+/// Starts `bin` (holding its connections open), waits until the agent logs `hooked` for it,
+/// runs [`CALLS`] with models tagged `tag`, and returns the client with what it saw.
+fn run_static_client(
+    bin: &Path,
+    tag: &str,
+    hooked: &str,
+    agent: &Agent,
+    mock: &MockProvider,
+) -> (HeldChild, Vec<CallTruth>) {
+    let work = bin.with_file_name(format!("run-{tag}"));
     std::fs::create_dir_all(&work).expect("work dir");
     let mut models = Vec::new();
+    // One SNI for all connections: the certificate covers every provider host, and the agent
+    // takes the provider from each request's Host header.
     let mut args = vec![
         mock.ca_file().display().to_string(),
         mock.port().to_string(),
-        String::new(), // SNI, per request below
+        "api.openai.com".to_owned(),
         work.display().to_string(),
     ];
     for (i, (provider, path, suffix, stream)) in CALLS.iter().enumerate() {
@@ -153,28 +154,24 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
         args.push(file.display().to_string());
         models.push(model);
     }
-    // One SNI for all connections: the certificate covers every provider host, and the agent
-    // takes the provider from each request's Host header.
-    args[2] = "api.openai.com".into();
-    let mut client = HeldChild::spawn(Command::new(&client_bin).args(&args).env("HOLD", "1"))
+    let mut client = HeldChild::spawn(Command::new(bin).args(&args).env("HOLD", "1"))
         .expect("start the static client");
     let hello = client.line().expect("the client starts");
     assert!(
         hello.starts_with("pid ") && hello.contains("OpenSSL 3"),
         "{hello}"
     );
-    // Discovery of a new process (exec event, ELF scan, attach) takes milliseconds; the client
+    // Discovery of a new process (exec event, ELF scan, attach) takes a moment; the client
     // starts once it is hooked, so no call is sent before (a real short-lived static binary
     // could lose its first call: see the README).
     wait_for_log(
-        &agent,
-        &format!("static_tls_client (pid {})", client.pid()),
+        agent,
+        &format!("{hooked} (pid {}", client.pid()),
         Duration::from_secs(5),
     )
     .expect("the agent hooks the static client when it starts");
     client.send_line("go").expect("start the client");
     assert_eq!(client.line().expect("the client finishes"), "done");
-
     let calls: Vec<CallTruth> = CALLS
         .iter()
         .zip(models)
@@ -185,8 +182,22 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
         })
         .collect();
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!("static client (pid {}): {calls:?}", client.pid());
-    let records = mock.wait_requests(calls.len(), Duration::from_secs(10));
+    eprintln!("{} (pid {}): {calls:?}", bin.display(), client.pid());
+    (client, calls)
+}
+
+/// The mock's records of the calls whose model carries `tag`, in order.
+fn check_chain(mock: &MockProvider, calls: &[CallTruth], tag: &str) {
+    let records: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.request_model.as_deref().is_some_and(|m| m.contains(tag)))
+        .collect();
+    assert_eq!(
+        records.len(),
+        calls.len(),
+        "test infrastructure: {records:?}"
+    );
     for (call, record) in calls.iter().zip(&records) {
         assert_eq!(
             (call.status, call.input, call.output),
@@ -194,7 +205,32 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
             "test infrastructure: the client's view differs from what the mock sent"
         );
     }
+}
 
+#[test]
+fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
+    if !privileged_tests_enabled() {
+        return;
+    }
+    let client = static_tls_client().expect("build the static OpenSSL client");
+    let mock = MockProvider::start().expect("start the mock provider");
+    let debug_dir = format!("--debug-dir={}", client.debug_dir.display());
+    let agent = Agent::start(&[
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--rescan-interval",
+        "1",
+        &debug_dir,
+    ])
+    .expect("start tokentap agent");
+    let addr = agent_addr(&agent).expect("agent address");
+
+    // 1. Symbols in .symtab only.
+    let tag = format!("static{}", std::process::id());
+    let (held, calls) = run_static_client(&client.bin, &tag, "static_tls_client", &agent, &mock);
+    mock.wait_requests(calls.len(), Duration::from_secs(10));
+    check_chain(&mock, &calls, &tag);
     std::thread::sleep(Duration::from_millis(2500));
     let (text, samples) = scrape(&addr).expect("scrape /metrics");
     let expected = Totals::of_calls(&calls);
@@ -204,29 +240,49 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
         expected,
         "the agent's counters differ from what the static client saw:\n{text}"
     );
-    let row = status_row(client.pid(), &[]).expect("tokentap status lists the static client");
+    let row = status_row(held.pid(), &[]).expect("tokentap status lists the static client");
     assert_eq!(
         row_stacks(&row),
         vec![("openssl-static".to_owned(), "hooked".to_owned())],
         "{row}"
     );
-    drop(client);
+    assert!(
+        coverage_gauge(&samples, "hooked", "openssl-static") >= Some(1.0),
+        "{text}"
+    );
+    drop(held);
 
-    // The stripped copy: no symbols to attach to, OpenSSL's version string still in .rodata.
-    let mut stripped = HeldChild::spawn(
-        Command::new(&stripped_bin)
-            .args(&args[..4])
-            .env("HOLD", "1"),
-    )
-    .expect("start the stripped client");
-    stripped.line().expect("the stripped client starts");
-    stripped.send_line("go").expect("start the stripped client");
-    assert_eq!(stripped.line().expect("it holds a connection"), "done");
-    // Give the handshake of the held connection a moment, then a rescan.
+    // 2. The stripped copy: no symbols at all. Without its debug file it is reported
+    //    unsupported; the agent, given the debug-file directory, hooks it by build id.
+    let tag = format!("stripped{}", std::process::id());
+    let (held, calls) = run_static_client(
+        &client.stripped,
+        &tag,
+        "static_tls_client_stripped",
+        &agent,
+        &mock,
+    );
+    assert!(
+        agent.stderr().contains(&format!(
+            "static_tls_client_stripped (pid {}, symbols from {}",
+            held.pid(),
+            client.debug_dir.display()
+        )),
+        "{}",
+        agent.stderr()
+    );
+    mock.wait_requests(2 * calls.len(), Duration::from_secs(10));
+    check_chain(&mock, &calls, &tag);
     std::thread::sleep(Duration::from_millis(2500));
+    let (text, samples) = scrape(&addr).expect("scrape /metrics");
+    assert_eq!(
+        Totals::of_metrics(&samples, &tag),
+        Totals::of_calls(&calls),
+        "the agent's counters differ from what the stripped client saw:\n{text}"
+    );
     let provider_arg = format!("--provider=127.0.0.1:{}=mock", mock.port());
-    let row =
-        status_row(stripped.pid(), &[&provider_arg]).expect("status lists the stripped client");
+    let no_debug = "--debug-dir=/nonexistent";
+    let row = status_row(held.pid(), &[&provider_arg, no_debug]).expect("status lists it");
     assert_eq!(
         row_stacks(&row),
         vec![("openssl-static".to_owned(), "unsupported".to_owned())],
@@ -237,15 +293,12 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
         json!([mock.addr().to_string()]),
         "the connection to the named provider endpoint is reported: {row}"
     );
-    let (text, samples) = scrape(&addr).expect("scrape /metrics");
-    assert!(
-        coverage_gauge(&samples, "unsupported", "openssl-static") >= Some(1.0),
-        "{text}"
+    let row = status_row(held.pid(), &[&debug_dir]).expect("status lists it");
+    assert_eq!(
+        row_stacks(&row),
+        vec![("openssl-static".to_owned(), "hooked".to_owned())],
+        "{row}"
     );
-    assert!(
-        coverage_gauge(&samples, "hooked", "openssl-static").is_some(),
-        "every series exists: {text}"
-    );
-    drop(stripped);
+    drop(held);
     agent.stop().expect("the agent stops cleanly");
 }

@@ -16,6 +16,7 @@ use std::{
     collections::HashMap,
     fs::File,
     os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, OnceLock},
 };
 
@@ -71,6 +72,10 @@ pub struct ElfTlsInfo {
     pub rustls: bool,
     /// The GNU build id, hex.
     pub build_id: Option<String>,
+    /// The separate debug file the functions were found in (the file itself is stripped).
+    pub symbols_from: Option<PathBuf>,
+    /// Executable segments, to place symbols of a separate debug file.
+    pub loads: Vec<LoadSegment>,
 }
 
 impl ElfTlsInfo {
@@ -106,17 +111,30 @@ pub enum ElfScanError {
 /// when those strings mention `SSL_read`/`SSL_write`; `.symtab` only when `.dynsym` did not
 /// already give every function (a binary may export some and call others internally).
 pub fn scan_elf<'data, R: ReadRef<'data>>(data: R) -> Result<ElfTlsInfo, ElfScanError> {
+    scan_elf_placed(data, None)
+}
+
+/// [`scan_elf`], with symbol addresses placed by `loads` instead of the file's own segments: a
+/// separate debug file has the symbols but no file contents (its segments are empty).
+fn scan_elf_placed<'data, R: ReadRef<'data>>(
+    data: R,
+    loads: Option<&[LoadSegment]>,
+) -> Result<ElfTlsInfo, ElfScanError> {
     let header = FileHeader64::<Endianness>::parse(data).map_err(ElfScanError::NotElf)?;
     let endian = header.endian().map_err(ElfScanError::NotElf)?;
     let program_headers = header
         .program_headers(endian, data)
         .map_err(ElfScanError::NotElf)?;
-    let loads = executable_loads(program_headers, endian);
+    let loads = match loads {
+        Some(l) => l.to_vec(),
+        None => executable_loads(program_headers, endian),
+    };
     let sections = header
         .sections(endian, data)
         .map_err(ElfScanError::NotElf)?;
     let mut info = ElfTlsInfo {
         build_id: build_id(&sections, endian, data),
+        loads: loads.clone(),
         go: sections.section_by_name(endian, b".go.buildinfo").is_some(),
         ..ElfTlsInfo::default()
     };
@@ -271,15 +289,72 @@ pub fn file_offset(loads: &[LoadSegment], addr: u64) -> Option<u64> {
     })
 }
 
-/// Scans an open file (positioned reads; the file is never read whole).
-pub fn scan_file(file: &File) -> Result<ElfTlsInfo, ElfScanError> {
+/// Scans an open file (positioned reads; the file is never read whole). When it defines no
+/// hookable functions (stripped) but has a build id, the separate debug file
+/// `DIR/.build-id/ab/cdef….debug` in `debug_dirs` (Debian's dbgsym packages, Fedora's
+/// debuginfo, or the unstripped build put there with `objcopy --only-keep-debug`) supplies
+/// the symbols.
+pub fn scan_file(file: &File, debug_dirs: &[PathBuf]) -> Result<ElfTlsInfo, ElfScanError> {
     let size = file.metadata()?.len();
     if size > MAX_FILE_BYTES {
         return Err(ElfScanError::TooLarge(size));
     }
-    let cache = ReadCache::new(file);
-    scan_elf(&cache)
+    let mut info = scan_elf(&ReadCache::new(file))?;
+    if info.hookable_ssl() {
+        return Ok(info);
+    }
+    let Some(id) = info.build_id.clone() else {
+        return Ok(info);
+    };
+    for path in debug_dirs.iter().filter_map(|d| debug_file_path(d, &id)) {
+        let Ok(debug) = File::open(&path) else {
+            continue;
+        };
+        if debug.metadata().map_or(true, |m| m.len() > MAX_FILE_BYTES) {
+            continue;
+        }
+        let Ok(found) = scan_elf_placed(&ReadCache::new(&debug), Some(&info.loads)) else {
+            continue;
+        };
+        // The debug file must describe exactly this build.
+        if found.build_id.as_deref() == Some(id.as_str()) && found.hookable_ssl() {
+            info.ssl_functions = found.ssl_functions;
+            info.flavor = found.flavor;
+            info.stripped_openssl = false;
+            info.symbols_from = Some(path);
+            break;
+        }
+    }
+    Ok(info)
 }
+
+/// `DIR/.build-id/ab/cdef….debug` for build id `abcdef…` (hex, at least 2 bytes).
+pub fn debug_file_path(dir: &Path, build_id: &str) -> Option<PathBuf> {
+    if build_id.len() < 4 || !build_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (head, rest) = build_id.split_at(2);
+    Some(
+        dir.join(".build-id")
+            .join(head)
+            .join(format!("{rest}.debug")),
+    )
+}
+
+/// Where separate debug files are looked for (`--debug-dir`), set once at start-up.
+static DEBUG_DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// Sets the debug file directories; later calls are ignored. Unset: `/usr/lib/debug`.
+pub fn set_debug_dirs(dirs: Vec<PathBuf>) {
+    let _ = DEBUG_DIRS.set(dirs);
+}
+
+fn debug_dirs() -> &'static [PathBuf] {
+    DEBUG_DIRS.get_or_init(|| vec![PathBuf::from(DEFAULT_DEBUG_DIR)])
+}
+
+/// Where distributions install separate debug files.
+pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 
 /// Identity of a file's contents as far as the scan is concerned: a replaced or rewritten file
 /// gets a new key.
@@ -321,7 +396,7 @@ impl ElfScanCache {
             return info.clone();
         }
         self.scans += 1;
-        let info = Arc::new(scan_file(file).unwrap_or_else(|e| {
+        let info = Arc::new(scan_file(file, debug_dirs()).unwrap_or_else(|e| {
             log::trace!("ELF scan of inode {}: {e}", key.inode);
             ElfTlsInfo::default()
         }));

@@ -65,6 +65,13 @@ impl SyntheticElf {
         self
     }
 
+    fn note(mut self, name: &str, data: &[u8]) -> Self {
+        const SHT_NOTE: u32 = 7;
+        self.sections
+            .push((name.into(), SHT_NOTE, 0, data.to_vec(), 0, 0));
+        self
+    }
+
     fn section(mut self, name: &str, data: &[u8]) -> Self {
         self.sections
             .push((name.into(), SHT_PROGBITS, 0, data.to_vec(), 0, 0));
@@ -357,6 +364,81 @@ fn garbage_and_truncated_files_are_errors_not_panics() {
 }
 
 #[test]
+fn a_stripped_file_gets_its_symbols_from_the_debug_file_of_its_build() {
+    let dir = std::env::temp_dir().join(format!("tokentap-debug-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let build_id = "1b74532e743218371db3acff0e09310e2ed6eab6";
+    let note = |id: &str| {
+        let desc: Vec<u8> = (0..id.len() / 2)
+            .map(|i| u8::from_str_radix(&id[i * 2..i * 2 + 2], 16).expect("hex"))
+            .collect();
+        let mut n = Vec::new();
+        n.extend_from_slice(&4u32.to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&3u32.to_le_bytes()); // NT_GNU_BUILD_ID
+        n.extend_from_slice(b"GNU\0");
+        n.extend_from_slice(&desc);
+        n
+    };
+    let stripped = SyntheticElf::new()
+        .note(".note.gnu.build-id", &note(build_id))
+        .build();
+    // The debug file: the same build id and the symbols. (Its own segments would be empty; the
+    // stripped file's place the symbols.)
+    let debug = SyntheticElf::new()
+        .note(".note.gnu.build-id", &note(build_id))
+        .symbols(
+            Table::Symtab,
+            &[
+                ("SSL_read", TEXT_VADDR + 0x10, true),
+                ("SSL_write", TEXT_VADDR + 0x20, true),
+            ],
+        )
+        .build();
+    let other_build = SyntheticElf::new()
+        .note(
+            ".note.gnu.build-id",
+            &note("ffff532e743218371db3acff0e09310e2ed6eab6"),
+        )
+        .symbols(
+            Table::Symtab,
+            &[
+                ("SSL_read", TEXT_VADDR, true),
+                ("SSL_write", TEXT_VADDR, true),
+            ],
+        )
+        .build();
+    let path = debug_file_path(&dir, build_id).expect("path");
+    assert!(path.ends_with(".build-id/1b/74532e743218371db3acff0e09310e2ed6eab6.debug"));
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let target = dir.join("stripped");
+    std::fs::write(&target, &stripped).expect("write");
+    let file = File::open(&target).expect("open");
+
+    assert!(!scan_file(&file, &[]).expect("scan").hookable_ssl());
+    // A debug file of another build under this build's name is refused.
+    std::fs::write(&path, &other_build).expect("write");
+    assert!(
+        !scan_file(&file, std::slice::from_ref(&dir))
+            .expect("scan")
+            .hookable_ssl()
+    );
+    std::fs::write(&path, &debug).expect("write");
+    let info = scan_file(&file, std::slice::from_ref(&dir)).expect("scan");
+    assert_eq!(
+        info.ssl_functions,
+        vec![
+            ("SSL_read", TEXT_OFFSET + 0x10),
+            ("SSL_write", TEXT_OFFSET + 0x20)
+        ]
+    );
+    assert_eq!(info.symbols_from.as_deref(), Some(path.as_path()));
+    assert_eq!(info.build_id.as_deref(), Some(build_id));
+    assert!(debug_file_path(&dir, "../etc").is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn file_offsets_follow_the_segment() {
     let loads = [LoadSegment {
         vaddr: 0x1000,
@@ -380,7 +462,7 @@ fn real_libssl_and_libc() {
             libssl.display()
         )
     });
-    let info = scan_file(&file).expect("libssl scans");
+    let info = scan_file(&file, &[]).expect("libssl scans");
     assert!(info.hookable_ssl(), "{info:?}");
     for f in SSL_FUNCTIONS {
         let offset = info.offset_of(f).unwrap_or_else(|| panic!("{f} in libssl"));
@@ -391,7 +473,7 @@ fn real_libssl_and_libc() {
 
     for lib in ["libc.so.6", "libcrypto.so.3"] {
         let file = File::open(Path::new(&dir).join(lib)).expect(lib);
-        let info = scan_file(&file).expect("scans");
+        let info = scan_file(&file, &[]).expect("scans");
         assert!(
             info.ssl_functions.is_empty() && !info.stripped_openssl && !info.go,
             "{lib}: {info:?}"
