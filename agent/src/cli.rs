@@ -28,6 +28,16 @@ pub enum Command {
     Watch(WatchOptions),
     /// Print every captured TLS chunk as a JSON line on stdout (the debugging view).
     Capture(CaptureCommandOptions),
+    /// Print, for each process with TCP connections, its TLS stacks and whether tokentap hooks
+    /// them (no probes are loaded).
+    Status(StatusOptions),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusOptions {
+    /// One JSON object per process instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -56,6 +66,11 @@ pub struct CaptureOptions {
     /// Also hook this OpenSSL libssl file (repeatable).
     #[arg(long = "libssl", global = true, value_name = "PATH")]
     pub libssl: Vec<PathBuf>,
+    /// Directories of separate debug files (`.build-id/ab/cdef….debug`): a stripped file with
+    /// OpenSSL compiled in is hooked with the symbols of its own build's debug file
+    /// (repeatable).
+    #[arg(long = "debug-dir", global = true, default_value = crate::tls_stacks::elf_symbols::DEFAULT_DEBUG_DIR, value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// Seconds between full rescans of /proc for newly loaded TLS libraries (a safety net:
     /// process starts and library loads trigger scans at once).
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]

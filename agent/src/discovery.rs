@@ -82,6 +82,20 @@ pub enum LibraryKind {
     DynamicLoader,
     /// A process's executable, hooked if it is a Go program linking `crypto/tls`.
     GoExecutable,
+    /// Another executable or library with OpenSSL or BoringSSL compiled in (Node.js, a static
+    /// build): hooked at the file offsets its symbol tables give
+    /// ([`crate::tls_stacks::elf_symbols`]).
+    EmbeddedOpenSsl,
+}
+
+impl LibraryKind {
+    /// Whether TLS plaintext is captured from this file (not the loader).
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            LibraryKind::OpenSsl | LibraryKind::EmbeddedOpenSsl | LibraryKind::GoExecutable
+        )
+    }
 }
 
 /// The kind of library a path names, if tokentap hooks it.
@@ -112,6 +126,9 @@ pub struct LibraryFile {
     /// Where it was found, for people: `/usr/lib/.../libssl.so.3`, or the path inside a
     /// process with its pid.
     pub display: String,
+    /// File offsets of the hooked functions, for files whose functions are not attached by
+    /// name ([`LibraryKind::EmbeddedOpenSsl`]); empty otherwise.
+    pub offsets: Vec<(&'static str, u64)>,
 }
 
 impl LibraryFile {
@@ -134,6 +151,7 @@ impl LibraryFile {
             inode: meta.ino(),
             file,
             display,
+            offsets: Vec::new(),
         })
     }
 }
@@ -165,21 +183,54 @@ pub fn process_libraries(
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for m in parse_maps(&maps) {
-        let Some(kind) = classify(&m.path) else {
-            continue;
-        };
         // Per device: two files of one process may share an inode number on different mounts.
         let id = (m.dev_major, m.dev_minor, m.inode);
         if seen.contains(&id) {
             continue;
         }
         seen.push(id);
+        let Some(kind) = classify(&m.path) else {
+            // Any other executable mapping may have OpenSSL compiled in (scanned once per file).
+            if m.perms.contains('x') {
+                match embedded_openssl(proc_root, pid, &m) {
+                    Ok(Some(lib)) => found.push(lib),
+                    Ok(None) => {}
+                    // Most such files have no TLS at all: not worth a warning every rescan.
+                    Err(e) => log::debug!("pid {pid}: {}: {e}", m.path.display()),
+                }
+            }
+            continue;
+        };
         match open_mapped(proc_root, pid, &m, kind) {
             Ok(lib) => found.push(lib),
             Err(e) => errors.push(e),
         }
     }
     Ok((found, errors))
+}
+
+/// A mapped file with OpenSSL's functions defined in it, with their file offsets.
+fn embedded_openssl(
+    proc_root: &Path,
+    pid: u32,
+    m: &MappedFile,
+) -> Result<Option<LibraryFile>, OpenLibraryError> {
+    let file = open_mapped_file(proc_root, pid, m)?;
+    let info = crate::tls_stacks::elf_symbols::scan_cached(&file)?;
+    if !info.hookable_ssl() {
+        return Ok(None);
+    }
+    let display = match &info.symbols_from {
+        Some(debug) => format!(
+            "{} (pid {pid}, symbols from {})",
+            m.path.display(),
+            debug.display()
+        ),
+        None => format!("{} (pid {pid})", m.path.display()),
+    };
+    let mut lib = LibraryFile::from_file(LibraryKind::EmbeddedOpenSsl, file, display)?;
+    lib.offsets = info.ssl_functions.clone();
+    Ok(Some(lib))
 }
 
 fn open_mapped(
@@ -189,23 +240,33 @@ fn open_mapped(
     kind: LibraryKind,
 ) -> Result<LibraryFile, OpenLibraryError> {
     let display = format!("{} (pid {pid})", m.path.display());
+    let file = open_mapped_file(proc_root, pid, m)?;
+    Ok(LibraryFile::from_file(kind, file, display)?)
+}
+
+/// Opens the file behind a mapping of `pid` without following paths outside its root.
+pub fn open_mapped_file(
+    proc_root: &Path,
+    pid: u32,
+    m: &MappedFile,
+) -> Result<File, OpenLibraryError> {
     // The mapped file itself; needs CAP_SYS_ADMIN (or ptrace access on newer kernels).
     let by_range = proc_root.join(format!("{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(file) = File::open(&by_range) {
-        return Ok(LibraryFile::from_file(kind, file, display)?);
+        return Ok(file);
     }
     let root = File::open(proc_root.join(format!("{pid}/root")))?;
     let file = openat2_in_root(&root, &m.path)?;
-    let lib = LibraryFile::from_file(kind, file, display)?;
-    if lib.inode != m.inode {
+    let found = file.metadata()?.ino();
+    if found != m.inode {
         return Err(OpenLibraryError::InodeMismatch {
             pid,
             path: m.path.display().to_string(),
-            found: lib.inode,
+            found,
             mapped: m.inode,
         });
     }
-    Ok(lib)
+    Ok(file)
 }
 
 /// Opens `path` read-only as if `root` were `/`: `..` and absolute symlinks stay inside it.
@@ -505,6 +566,55 @@ mod tests {
             libs[0].display
         );
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// OpenSSL under another file name (as inside Node or a static build) is found by its
+    /// symbols and carries the functions' file offsets; a file without them is not offered.
+    #[test]
+    fn openssl_inside_another_file_is_found_by_symbols() {
+        let base = temp_dir("embedded");
+        let libssl = PathBuf::from(format!(
+            "/usr/lib/{}-linux-gnu/libssl.so.3",
+            std::env::consts::ARCH
+        ));
+        let embedded = base.join("libapp-with-tls.so");
+        std::fs::copy(&libssl, &embedded).expect("copy libssl (the tests need OpenSSL 3)");
+        let plain = base.join("libplain.so");
+        std::fs::write(&plain, b"\x7fELF not really").expect("write");
+        let inode = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+        let proc_root = base.join("proc");
+        std::fs::create_dir_all(proc_root.join("42")).expect("mkdir");
+        symlink("/", proc_root.join("42/root")).expect("symlink");
+        std::fs::write(
+            proc_root.join("42/maps"),
+            format!(
+                "7f0000000000-7f0000001000 r-xp 00000000 fd:01 {} {}\n\
+                 7f0000002000-7f0000003000 r-xp 00000000 fd:01 {} {}\n\
+                 7f0000004000-7f0000005000 r--p 00000000 fd:01 {} {}\n",
+                inode(&embedded),
+                embedded.display(),
+                inode(&plain),
+                plain.display(),
+                inode(&embedded),
+                embedded.display(),
+            ),
+        )
+        .expect("write maps");
+        let (libs, errors) = process_libraries(&proc_root, 42).expect("maps");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(libs.len(), 1, "{libs:?}");
+        assert_eq!(libs[0].kind, LibraryKind::EmbeddedOpenSsl);
+        let names: Vec<&str> = libs[0].offsets.iter().map(|(f, _)| *f).collect();
+        for f in [
+            "SSL_read",
+            "SSL_read_ex",
+            "SSL_write",
+            "SSL_write_ex",
+            "SSL_free",
+        ] {
+            assert!(names.contains(&f), "{f} in {names:?}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

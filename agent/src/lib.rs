@@ -31,5 +31,6 @@ pub mod source;
 pub mod stage_metrics;
 pub mod stats;
 pub mod stream;
+pub mod tls_stacks;
 pub mod watch;
 pub mod workload;

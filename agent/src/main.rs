@@ -15,7 +15,10 @@ use clap::{CommandFactory, FromArgMatches};
 use tokentap::{
     anomalies::{AnomalyDetector, AnomalyMetrics},
     capture::CaptureSink,
-    cli::{AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, WatchOptions},
+    cli::{
+        AgentOptions, CaptureCommandOptions, CaptureOptions, Cli, Command, StatusOptions,
+        WatchOptions,
+    },
     config::{FileConfig, apply},
     cost::{CostMetrics, Pricer},
     endpoint_security::EndpointSecurity,
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tokentap::tls_stacks::elf_symbols::set_debug_dirs(cli.capture.debug_dirs.clone());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Some(Command::Agent(opts)) => run_agent(cli.capture, opts).await,
             Some(Command::Watch(opts)) => run_watch(cli.capture, opts).await,
             Some(Command::Capture(opts)) => run_capture(cli.capture, opts).await,
+            Some(Command::Status(opts)) => run_status(&cli.capture, &opts),
         }
     });
     match result {
@@ -81,6 +86,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tokentap status`: the TLS coverage table from /proc.
+fn run_status(capture: &CaptureOptions, opts: &StatusOptions) -> anyhow::Result<()> {
+    use tokentap::tls_stacks::{coverage::LlmEndpoints, status};
+    let endpoints = LlmEndpoints::from_provider_args(&capture.providers);
+    let rows = status::scan_all(&capture.proc_root, &endpoints);
+    let text = if opts.json {
+        status::render_json(&rows)
+    } else {
+        status::render_table(&rows)
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
 /// The exchange stages with `sinks`, configured from the command line.

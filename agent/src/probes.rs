@@ -8,7 +8,10 @@ use std::{collections::HashMap, path::Path};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        BtfTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use tokentap_common::{
     DEFAULT_HEAD_BYTES, DEFAULT_TAIL_BYTES, KernelCounter, MAX_CAPTURE_PER_CALL, globals, maps,
@@ -246,10 +249,13 @@ impl Probes {
 
     /// TLS library files hooked, Go executables included (the loaders are not counted).
     pub fn tls_libraries(&self) -> usize {
-        self.attached
-            .values()
-            .filter(|a| matches!(a.kind, LibraryKind::OpenSsl | LibraryKind::GoExecutable))
-            .count()
+        self.attached.values().filter(|a| a.kind.is_tls()).count()
+    }
+
+    /// Whether the file (device, inode) is hooked. `/proc/PID/maps` may report another device
+    /// number than `fstat` for the same file (overlayfs), so the inode alone also matches.
+    pub fn is_attached(&self, dev: u64, inode: u64) -> bool {
+        self.attached.contains_key(&(dev, inode)) || self.attached.keys().any(|&(_, i)| i == inode)
     }
 
     /// Attaches the OpenSSL hooks to `lib` unless this file is already hooked.
@@ -271,12 +277,22 @@ impl Probes {
         let mut functions = Vec::new();
         let mut errors = Vec::new();
         let hooks = match lib.kind {
-            LibraryKind::OpenSsl => SSL_HOOKS,
+            LibraryKind::OpenSsl | LibraryKind::EmbeddedOpenSsl => SSL_HOOKS,
             LibraryKind::DynamicLoader => LOADER_HOOKS,
             LibraryKind::GoExecutable => &[],
         };
         for &(name, function) in hooks {
-            match attach_uprobe(&mut self.ebpf, name, function, &target) {
+            // By file offset where discovery found one (OpenSSL inside another file), else by
+            // name (aya resolves it in the file's symbol tables).
+            let location = match lib.offsets.iter().find(|(f, _)| *f == function) {
+                Some(&(_, offset)) => UProbeAttachLocation::AbsoluteOffset(offset),
+                None if lib.kind == LibraryKind::EmbeddedOpenSsl => {
+                    errors.push(format!("{function}: not defined in this file"));
+                    continue;
+                }
+                None => UProbeAttachLocation::Symbol(function),
+            };
+            match attach_uprobe(&mut self.ebpf, name, location, &target) {
                 Ok(()) => {
                     if !functions.contains(&function) {
                         functions.push(function);
@@ -289,7 +305,7 @@ impl Probes {
             }
         }
         let usable = match lib.kind {
-            LibraryKind::OpenSsl => {
+            LibraryKind::OpenSsl | LibraryKind::EmbeddedOpenSsl => {
                 (functions.contains(&"SSL_read") || functions.contains(&"SSL_read_ex"))
                     && (functions.contains(&"SSL_write") || functions.contains(&"SSL_write_ex"))
             }
@@ -334,11 +350,11 @@ where
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     name: &'static str,
-    function: &str,
+    location: UProbeAttachLocation<'_>,
     target: &Path,
 ) -> Result<(), (String, bool)> {
     let prog: &mut UProbe = program(ebpf, name).map_err(|e| (e.to_string(), false))?;
-    prog.attach(function, target, UProbeScope::AllProcesses)
+    prog.attach(location, target, UProbeScope::AllProcesses)
         .map(|_| ())
         .map_err(|e| (error_chain(&e), is_permission_denied(&e)))
 }

@@ -20,6 +20,7 @@ use crate::{
     self_metrics::SelfMetrics,
     source::RingBufSource,
     stream::CaptureLimits,
+    tls_stacks::coverage::{CoverageWatch, LlmEndpoints, ProcScanner, scan_mapped},
 };
 
 /// How long after an exec or library mapping the process is scanned once more, in case the
@@ -45,6 +46,7 @@ pub struct Runtime<S> {
     pipeline: Pipeline<S>,
     metrics: Arc<Mutex<SelfMetrics>>,
     follow_ups: Vec<(Instant, u32)>,
+    coverage: CoverageWatch,
 }
 
 impl<S: StreamSink> Runtime<S> {
@@ -76,6 +78,7 @@ impl<S: StreamSink> Runtime<S> {
             pipeline,
             metrics,
             follow_ups: Vec::new(),
+            coverage: CoverageWatch::default(),
         };
         runtime.attach_initial()?;
         Ok(runtime)
@@ -116,7 +119,27 @@ impl<S: StreamSink> Runtime<S> {
             );
         }
         self.sync_metrics();
+        self.sync_tls_coverage();
         Ok(())
+    }
+
+    /// `tokentap_process_tls_coverage`: every process with TCP connections, judged against
+    /// the files actually hooked.
+    fn sync_tls_coverage(&mut self) {
+        let proc_root = &self.options.proc_root;
+        let endpoints = LlmEndpoints::from_provider_args(&self.options.providers);
+        let mut scanner = ProcScanner::new(proc_root, &endpoints);
+        let rows: Vec<_> = discovery::all_pids(proc_root)
+            .into_iter()
+            .filter_map(|pid| scanner.process(pid, |pid, m| scan_mapped(proc_root, pid, m)))
+            .collect();
+        let probes = &self.probes;
+        let counts = self
+            .coverage
+            .update(&rows, |s| probes.is_attached(s.dev, s.inode));
+        if let Ok(m) = self.metrics.lock() {
+            m.set_tls_coverage(&counts);
+        }
     }
 
     fn offer(&mut self, lib: &discovery::LibraryFile) {
@@ -155,12 +178,7 @@ impl<S: StreamSink> Runtime<S> {
     pub fn attached_tls_libraries(&self) -> Vec<String> {
         self.probes
             .attached()
-            .filter(|a| {
-                matches!(
-                    a.kind,
-                    discovery::LibraryKind::OpenSsl | discovery::LibraryKind::GoExecutable
-                )
-            })
+            .filter(|a| a.kind.is_tls())
             .map(|a| a.display.clone())
             .collect()
     }
@@ -242,6 +260,7 @@ impl<S: StreamSink> Runtime<S> {
                         for pid in discovery::all_pids(&self.options.proc_root) {
                             self.scan_process(pid);
                         }
+                        self.sync_tls_coverage();
                     }
                     if now.duration_since(last_clock) >= Duration::from_secs(10) {
                         last_clock = now;

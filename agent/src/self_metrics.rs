@@ -4,10 +4,17 @@
 //! memory, read arguments not stashed), gaps in streams by cause, undecodable records, and
 //! retried writes that were recognised and dropped.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokentap_common::KernelCounter;
 
-use crate::{pipeline::PipelineStats, stream::AssemblerStats};
+use crate::{
+    pipeline::PipelineStats,
+    stream::AssemblerStats,
+    tls_stacks::{
+        TlsStack,
+        coverage::{Coverage, CoverageCounts},
+    },
+};
 
 pub struct SelfMetrics {
     pub registry: Registry,
@@ -29,6 +36,7 @@ pub struct SelfMetrics {
     tls_processes: IntGauge,
     libraries_attached: IntGauge,
     attach_errors: IntCounter,
+    tls_coverage: IntGaugeVec,
     last: Snapshot,
 }
 
@@ -176,6 +184,19 @@ impl SelfMetrics {
                 "tokentap_attach_errors_total",
                 "TLS library files that could not be hooked.",
             ),
+            tls_coverage: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tokentap_process_tls_coverage",
+                        "Processes with established TCP connections, by TLS stack and whether it is hooked (stack=\"none\" for no_tls); a process with two stacks counts under each.",
+                    ),
+                    &["coverage", "stack"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             last: Snapshot::default(),
             registry,
         };
@@ -308,6 +329,22 @@ impl SelfMetrics {
 
     pub fn set_libraries_attached(&self, n: usize) {
         self.libraries_attached.set(n as i64);
+    }
+
+    /// Every (coverage, stack) series is set, zeros included, so a series never vanishes.
+    pub fn set_tls_coverage(&self, counts: &CoverageCounts) {
+        for coverage in [Coverage::Hooked, Coverage::Unsupported] {
+            for stack in TlsStack::ALL {
+                let n = counts.get(&(coverage, Some(stack))).copied().unwrap_or(0);
+                self.tls_coverage
+                    .with_label_values(&[coverage.as_str(), stack.as_str()])
+                    .set(n as i64);
+            }
+        }
+        let none = counts.get(&(Coverage::NoTls, None)).copied().unwrap_or(0);
+        self.tls_coverage
+            .with_label_values(&[Coverage::NoTls.as_str(), "none"])
+            .set(none as i64);
     }
 
     pub fn attach_error(&self) {

@@ -10,3 +10,4 @@ pub mod prometheus;
 pub mod sdk;
 pub mod soak;
 pub mod tls_server;
+pub mod tls_stacks;

@@ -102,7 +102,8 @@ fn main() {
     let result = match task {
         Task::Setup => setup()
             .and_then(|()| ensure_sdk_venv())
-            .and_then(|()| ensure_apt(TEST_PACKAGES)),
+            .and_then(|()| ensure_apt(TEST_PACKAGES))
+            .and_then(|()| ensure_tls_stack_clients()),
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
@@ -112,6 +113,7 @@ fn main() {
         } => setup()
             .and_then(|()| ensure_sdk_venv())
             .and_then(|()| ensure_apt(TEST_PACKAGES))
+            .and_then(|()| ensure_tls_stack_clients())
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench {
@@ -632,6 +634,13 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         .with_context(|| format!("the fuzzer found a crash, a hang or an allocation blow-up: the input is in fuzz/artifacts/{target}/"))?;
     }
     Ok(())
+}
+
+/// The clients of the TLS-stack end-to-end tests (tests/tests/tls_stacks.rs): a C compiler and
+/// OpenSSL's static archives (a client with OpenSSL linked in), Node.js, and GnuTLS's
+/// `gnutls-cli` (a stack tokentap does not hook).
+fn ensure_tls_stack_clients() -> anyhow::Result<()> {
+    ensure_apt(&["gcc", "libc6-dev", "libssl-dev", "nodejs", "gnutls-bin"])
 }
 
 /// Installs Debian packages that are missing.
