@@ -454,6 +454,8 @@ fn real_capture_through_the_llm_stage() {
         pid: 7,
         executable: "python3".into(),
         container_id: None,
+        service_name_env: None,
+        systemd_unit: None,
     };
     let unix = |k: u64| i128::from(k);
     let mut records = Vec::new();
