@@ -14,9 +14,9 @@ pub mod discovery;
 pub mod endpoint_security;
 pub mod exchange_log;
 pub mod exchanges;
+pub mod go_binary;
 #[cfg(test)]
 mod hostile_input_tests;
-pub mod go_binary;
 pub mod http;
 pub mod llm;
 pub mod metrics;
