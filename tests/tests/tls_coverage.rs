@@ -110,3 +110,45 @@ fn unhooked_gnutls_is_reported_and_openssl_is_hooked() {
     drop(py);
     agent.stop().expect("the agent stops cleanly");
 }
+
+/// A Python whose OpenSSL is linked into a fully stripped libpython (Google Cloud SDK bundles
+/// one: clang-built, OpenSSL 3.0.16 in `libpython3.12.so.1.0`, no `.symtab`), or the one named
+/// by `TOKENTAP_STRIPPED_PYTHON`: `tokentap status` reports its OpenSSL as `openssl-static`,
+/// unsupported (there is no debug file for it), rather than missing it.
+#[test]
+fn fully_stripped_bundled_python_is_reported_unsupported() {
+    if !privileged_tests_enabled() {
+        return;
+    }
+    let python = std::env::var("TOKENTAP_STRIPPED_PYTHON").unwrap_or_else(|_| {
+        "/usr/lib/google-cloud-sdk/platform/bundledpythonunix/bin/python3".to_owned()
+    });
+    if !std::path::Path::new(&python).exists() {
+        eprintln!(
+            "SKIPPED: no Python with a stripped static OpenSSL here ({python}); set TOKENTAP_STRIPPED_PYTHON"
+        );
+        return;
+    }
+    let mock = MockProvider::start().expect("start the mock provider");
+    let mut py = HeldChild::spawn(
+        Command::new(&python)
+            .args(["-c", PYTHON_HOLDER])
+            .arg(mock.port().to_string())
+            .arg(mock.ca_file()),
+    )
+    .expect("start the bundled python");
+    let hello = py.line().expect("python connects");
+    assert!(hello.starts_with("connected TLS"), "{hello}");
+    let row = status_row(py.pid(), &[]).expect("status lists the bundled python");
+    let stacks = row["stacks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        stacks.iter().any(|s| s["stack"] == "openssl-static"
+            && s["coverage"] == "unsupported"
+            && s["file"].as_str().is_some_and(|f| f.contains("libpython"))),
+        "{row}"
+    );
+    assert!(
+        !row_stacks(&row).iter().any(|(_, c)| c == "hooked"),
+        "nothing in it is hookable: {row}"
+    );
+}

@@ -289,8 +289,16 @@ impl<'a> ProcScanner<'a> {
         connections.to_llm_endpoints.dedup();
         let maps = std::fs::read_to_string(dir.join("maps")).ok()?;
         let stacks = stacks_in_maps(&parse_maps(&maps), |m| scan(pid, m));
-        let executable = std::fs::read_to_string(dir.join("comm"))
-            .map(|c| c.trim_end().to_owned())
+        // The executable's file name (`comm` is cut at 15 characters), else `comm`.
+        let executable = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| !n.ends_with(" (deleted)"))
+            .or_else(|| {
+                std::fs::read_to_string(dir.join("comm"))
+                    .ok()
+                    .map(|c| c.trim_end().to_owned())
+            })
             .unwrap_or_default();
         Some(ProcessCoverage {
             pid,
