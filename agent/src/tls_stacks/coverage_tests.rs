@@ -266,3 +266,26 @@ fn scans_a_fake_proc_tree() {
     assert_eq!(v["tcp_established"], 2);
     let _ = std::fs::remove_dir_all(&proc_root);
 }
+
+#[test]
+fn go_with_symbols_is_hookable_and_stripped_go_is_not() {
+    let named = info(|i| {
+        i.go = true;
+        i.go_crypto_tls = true;
+        i.go_crypto_tls_symbols = true;
+    })
+    .expect("info");
+    assert_eq!(
+        TlsStack::embedded_in(&named),
+        vec![(TlsStack::GoCryptoTls, cfg!(target_arch = "x86_64"))]
+    );
+    let stripped = info(|i| {
+        i.go = true;
+        i.go_crypto_tls = true;
+    })
+    .expect("info");
+    assert_eq!(
+        TlsStack::embedded_in(&stripped),
+        vec![(TlsStack::GoCryptoTls, false)]
+    );
+}

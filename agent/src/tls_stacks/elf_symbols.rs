@@ -68,6 +68,9 @@ pub struct ElfTlsInfo {
     pub go: bool,
     /// The Go program links crypto/tls (or is stripped, so this cannot be ruled out).
     pub go_crypto_tls: bool,
+    /// `crypto/tls.(*Conn).Write` is named in `.symtab`: the Go hooks can find their functions
+    /// (a stripped Go program cannot be hooked).
+    pub go_crypto_tls_symbols: bool,
     /// Rust code from the rustls crate is compiled in (its mangled names in `.symtab`).
     pub rustls: bool,
     /// The GNU build id, hex.
@@ -164,7 +167,9 @@ fn scan_elf_placed<'data, R: ReadRef<'data>>(
         if sh_type == SHT_SYMTAB {
             // rustls' items carry the crate name in their mangled symbols (`_ZN6rustls…`).
             info.rustls |= contains(strings, b"6rustls");
-            info.go_crypto_tls |= contains(strings, b"crypto/tls.(*Conn).Write");
+            let named = contains(strings, b"crypto/tls.(*Conn).Write");
+            info.go_crypto_tls |= named;
+            info.go_crypto_tls_symbols |= named;
         }
         boringssl |= contains(strings, b"BORINGSSL_")
             || contains(strings, b"SSL_CTX_set_strict_cipher_list");

@@ -93,10 +93,11 @@ impl TlsStack {
             None if info.stripped_openssl => out.push((TlsStack::OpensslStatic, false)),
             None => {}
         }
-        // Go's crypto/tls is not hooked (yet): a Go attach, once it exists, sets this from its
-        // own symbol scan, and the coverage view follows the probes' attached files anyway.
+        // Go's crypto/tls is hooked when its functions are named in `.symtab` (amd64 only; see
+        // `go_binary`); the agent's coverage gauge follows the files the probes really attached.
         if info.go_crypto_tls {
-            out.push((TlsStack::GoCryptoTls, false));
+            let hookable = info.go_crypto_tls_symbols && cfg!(target_arch = "x86_64");
+            out.push((TlsStack::GoCryptoTls, hookable));
         }
         if info.rustls {
             out.push((TlsStack::Rustls, false));
