@@ -1055,6 +1055,30 @@ mod tests {
     }
 
     #[test]
+    fn the_report_says_pass_or_fail_and_lists_problems() {
+        let (calls, mock, agent) = world();
+        let mut report = SoakReport {
+            duration_s: 60.0,
+            verdict: check(&calls, &mock, &agent),
+            losses: vec![("tokentap_bytes_lost_total".into(), 0.0)],
+            samples: vec![Sample::default()],
+            ..SoakReport::default()
+        };
+        let md = markdown(&report, "test machine", "cargo xtask soak");
+        assert!(md.contains("**Result: PASS**"), "{md}");
+        assert!(md.contains("| calls recorded exactly once, every field right | 3 of 3 |"));
+        report.verdict = check(&calls, &mock, &agent[1..]);
+        let md = markdown(&report, "test machine", "cargo xtask soak");
+        assert!(
+            md.contains("**Result: FAIL**") && md.contains("missing: 1"),
+            "{md}"
+        );
+        report.verdict = check(&calls, &mock, &agent);
+        report.losses[0].1 = 5.0;
+        assert!(!report.ok());
+    }
+
+    #[test]
     fn soak_models_are_recognised() {
         assert!(is_soak_model("gpt-4o-mini-soak-chunks3"));
         assert!(!is_soak_model("gpt-4o-mini-chunks3"));
