@@ -133,7 +133,9 @@ impl<W: Write> StreamSink for CaptureSink<W> {
             StreamItem::Closed { key, .. } => {
                 self.redactors.retain(|(k, _), _| k != key);
             }
-            StreamItem::Gap { .. } => {}
+            StreamItem::Gap { key, direction, .. } => {
+                self.redactors.entry((*key, *direction)).or_default().gap();
+            }
         }
         let line = item_json(item, &data, clock);
         if serde_json::to_writer(&mut self.out, &line).is_err()

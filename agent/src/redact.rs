@@ -6,6 +6,11 @@
 //! credential query parameters (`?key=`, `api_key=`, ...) replaced by `*`. Lengths never change,
 //! so stream offsets stay exact. State carries across pieces, so a header split between two
 //! TLS records is still masked.
+//!
+//! HTTP/2 (a direction that starts with the client preface): header blocks are HPACK-coded,
+//! often Huffman, so a credential cannot be found by name in the bytes. Every HEADERS,
+//! PUSH_PROMISE and CONTINUATION payload is masked whole, and after a gap (the frame
+//! boundaries are lost) everything is.
 
 use crate::http::CREDENTIAL_QUERY_PARAMS;
 
@@ -23,6 +28,50 @@ pub struct Redactor {
     param: Vec<u8>,
     in_param_name: bool,
     mask: Mask,
+    /// Bytes of the direction seen so far, counted up to the preface's length.
+    seen: usize,
+    /// The direction is HTTP/2: frame-by-frame masking.
+    h2: Option<H2Frames>,
+}
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Where the walk through HTTP/2 frames is.
+#[derive(Clone, Debug, Default)]
+struct H2Frames {
+    header: [u8; 9],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u32,
+    mask_payload: bool,
+    /// A gap hid frame boundaries: everything from here on is masked.
+    lost: bool,
+}
+
+impl H2Frames {
+    fn step(&mut self, b: &mut u8) {
+        if self.lost {
+            *b = b'*';
+            return;
+        }
+        if self.payload_left > 0 {
+            if self.mask_payload {
+                *b = b'*';
+            }
+            self.payload_left -= 1;
+            return;
+        }
+        self.header[self.header_len] = *b;
+        self.header_len += 1;
+        if self.header_len == self.header.len() {
+            self.header_len = 0;
+            let h = self.header;
+            self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+            // HEADERS, PUSH_PROMISE, CONTINUATION: HPACK header blocks.
+            self.mask_payload = matches!(h[3], 0x1 | 0x5 | 0x9);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +96,21 @@ impl Redactor {
     /// Masks credentials in `bytes` in place.
     pub fn redact(&mut self, bytes: &mut [u8]) {
         for b in bytes.iter_mut() {
+            if let Some(h2) = &mut self.h2 {
+                h2.step(b);
+                continue;
+            }
+            if self.seen < H2_PREFACE.len() {
+                if H2_PREFACE[self.seen] != *b {
+                    self.seen = H2_PREFACE.len() + 1;
+                } else {
+                    self.seen += 1;
+                    if self.seen == H2_PREFACE.len() {
+                        self.h2 = Some(H2Frames::default());
+                        continue;
+                    }
+                }
+            }
             let c = *b;
             if c == b'\n' {
                 self.end_line();
@@ -72,6 +136,15 @@ impl Redactor {
             self.track_header_name(c);
             self.track_param(c);
         }
+    }
+
+    /// Bytes of this direction were not captured: in HTTP/2 the frame boundaries are lost.
+    pub fn gap(&mut self) {
+        if let Some(h2) = &mut self.h2 {
+            h2.lost = true;
+        }
+        // A direction that was not seen from its start cannot be told to be HTTP/2 later.
+        self.seen = self.seen.max(H2_PREFACE.len() + 1);
     }
 
     fn end_line(&mut self) {
@@ -346,6 +419,66 @@ pub fn redact_secrets(text: &str) -> String {
     }
     out.push_str(&text[copied..]);
     out
+}
+
+#[cfg(test)]
+mod h2_tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, 0x4, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn http2_header_blocks_are_masked_whole_and_data_is_kept() {
+        let mut stream = H2_PREFACE.to_vec();
+        stream.extend(frame(0x4, &[]));
+        // A literal (not Huffman) authorization header, as an HPACK encoder may write it.
+        stream.extend(frame(
+            0x1,
+            b"\x40\x0dauthorization\x12Bearer sk-abcdef123456",
+        ));
+        stream.extend(frame(0x9, b"x-api-key: sk-ant-0123456789"));
+        stream.extend(frame(0x0, b"{\"model\":\"gpt-4o\"}"));
+        for cut in 0..stream.len() {
+            let mut r = Redactor::default();
+            let (mut a, mut b) = (stream[..cut].to_vec(), stream[cut..].to_vec());
+            r.redact(&mut a);
+            r.redact(&mut b);
+            a.extend(b);
+            assert_eq!(a.len(), stream.len());
+            let text = String::from_utf8_lossy(&a);
+            assert!(!text.contains("sk-"), "cut {cut}: {text}");
+            assert!(text.contains("{\"model\":\"gpt-4o\"}"), "cut {cut}: {text}");
+            assert!(text.starts_with("PRI * HTTP/2.0"));
+        }
+    }
+
+    #[test]
+    fn after_a_gap_an_http2_direction_is_masked_entirely() {
+        let mut r = Redactor::default();
+        let mut start = H2_PREFACE.to_vec();
+        r.redact(&mut start);
+        r.gap();
+        let mut rest = b"authorization: Bearer sk-abcdef".to_vec();
+        r.redact(&mut rest);
+        assert!(rest.iter().all(|&b| b == b'*'));
+    }
+
+    #[test]
+    fn http1_is_unchanged_by_the_preface_check() {
+        let mut r = Redactor::default();
+        let mut req = b"POST /v1 HTTP/1.1\r\nAuthorization: Bearer sk-abc\r\n\r\n".to_vec();
+        r.redact(&mut req);
+        let text = String::from_utf8_lossy(&req);
+        assert!(
+            !text.contains("sk-abc") && text.starts_with("POST /v1"),
+            "{text}"
+        );
+    }
 }
 
 #[cfg(test)]
