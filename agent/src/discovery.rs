@@ -206,7 +206,24 @@ pub fn process_libraries(
             Err(e) => errors.push(e),
         }
     }
-    Ok((found, errors))
+    unless_gone(proc_root, pid, (found, errors))
+}
+
+/// A process that exits while it is scanned makes its files fail to open: that is not a
+/// problem with its libraries. When the process is gone by the time they failed, the scan
+/// says the process is gone (as if its maps had been unreadable) instead.
+fn unless_gone(
+    proc_root: &Path,
+    pid: u32,
+    scanned: (Vec<LibraryFile>, Vec<OpenLibraryError>),
+) -> io::Result<(Vec<LibraryFile>, Vec<OpenLibraryError>)> {
+    if !scanned.1.is_empty() && !proc_root.join(pid.to_string()).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the process exited during the scan",
+        ));
+    }
+    Ok(scanned)
 }
 
 /// A mapped file with OpenSSL's functions defined in it, with their file offsets.
@@ -675,6 +692,13 @@ mod tests {
         // The mapped file is gone from the root: one error for that entry, no panic.
         let (libs, errors) = process_libraries(&proc_root, 200).expect("maps readable");
         assert_eq!((libs.len(), errors.len()), (0, 1));
+        // The process exits after its maps were read, before its files were opened: gone,
+        // not a library problem (the agent logs these quietly).
+        let scanned = process_libraries(&proc_root, 200).expect("maps readable");
+        std::fs::remove_dir_all(proc_root.join("200")).expect("rm");
+        let gone = unless_gone(&proc_root, 200, scanned).expect_err("gone");
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert!(unless_gone(&proc_root, 200, (Vec::new(), Vec::new())).is_ok());
         // The process is gone between listing and reading.
         std::fs::remove_dir_all(proc_root.join("100")).expect("rm");
         assert!(process_libraries(&proc_root, 100).is_err());

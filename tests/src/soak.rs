@@ -410,7 +410,9 @@ pub fn sum_of(samples: &[prom::Sample], name: &str, filter: Option<(&str, &str)>
         .iter()
         .filter(|s| s.name == name && filter.is_none_or(|(k, val)| s.label(k) == val))
         .map(|s| s.value)
-        .sum()
+        // An empty sum of f64 is -0.0; a report should say 0.
+        .sum::<f64>()
+        + 0.0
 }
 
 fn counter_label(name: &str, filter: Option<(&str, &str)>) -> String {
