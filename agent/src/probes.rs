@@ -411,7 +411,7 @@ impl KernelCounters {
 /// Checks the environment before loading, so that a missing piece is one clear line.
 pub fn check_environment() -> Result<(), String> {
     if !has_bpf_privileges() {
-        return Err("tokentap needs root (or CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; CAP_BPF and CAP_PERFMON instead of CAP_SYS_ADMIN on kernels before the CVE-2025-38466 fix) to load eBPF programs and attach uprobes: run it with sudo".into());
+        return Err("tokentap lacks the capabilities to load eBPF programs and attach uprobes: it needs CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON suffice only on kernels before the CVE-2025-38466 fix), and CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' processes: run it as root with sudo, or add them to the container's capabilities".into());
     }
     if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
         return Err("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe missing): it needs CONFIG_UPROBE_EVENTS=y".into());
@@ -419,12 +419,9 @@ pub fn check_environment() -> Result<(), String> {
     Ok(())
 }
 
-/// Root, or the capabilities that loading and attaching need.
+/// The effective capabilities that loading and attaching need. Checked for root too: root in
+/// a container, or under a reduced bounding set, holds only what it was given.
 fn has_bpf_privileges() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
