@@ -15,7 +15,7 @@ use std::{
 
 use tokentap_tests::{
     fake_kube::{FakeKube, deployment_pod},
-    genai_check::{FAMILIES, compare},
+    genai_check::{FAMILIES, Tolerance, compare_with},
     harness::{Agent, http_get, metric, privileged_tests_enabled},
     mock_provider::MockProvider,
     prom,
@@ -196,8 +196,14 @@ fn sdk_calls_carry_their_pod_and_workload() {
             assert_eq!(s.label(label), want, "{label} of {}", s.series());
         }
     }
-    // Token sums, counts and latencies equal the SDK's own view.
-    let comparison = compare(&report.calls, &samples);
+    // Token sums and counts equal the SDK's own view. Timing precision is llm_metrics.rs's
+    // subject: here the first call also pays the connection's set-up on a busy machine, so
+    // times only have to be plausible.
+    let loose = Tolerance {
+        abs_s: 0.5,
+        rel: 0.5,
+    };
+    let comparison = compare_with(&report.calls, &samples, loose);
     assert!(comparison.ok(), "{}", comparison.message(&text));
     let input: u64 = report.calls.iter().filter_map(|c| c.tokens().input).sum();
     let counted: f64 = samples
