@@ -167,6 +167,15 @@ fn prometheus_scrapes_the_agent_and_rules_and_dashboard_work() {
         rule_count, in_file,
         "Prometheus loaded every rule of rules.yaml"
     );
+    // A rate needs two scrapes of a series, and the rules run once a second after that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && !SLI_RULES
+            .iter()
+            .all(|r| prometheus.query(r).is_ok_and(|v| !v.is_empty()))
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for rule in SLI_RULES {
         match prometheus.query(rule) {
             Ok(v) if !v.is_empty() => {}
