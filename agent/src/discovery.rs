@@ -188,10 +188,11 @@ pub fn process_libraries(
         if seen.contains(&id) {
             continue;
         }
-        seen.push(id);
         let Some(kind) = classify(&m.path) else {
-            // Any other executable mapping may have OpenSSL compiled in (scanned once per file).
+            // Any other executable mapping may have OpenSSL compiled in (scanned once per file;
+            // a file's read-only mappings come first and must not mark it as seen).
             if m.perms.contains('x') {
+                seen.push(id);
                 match embedded_openssl(proc_root, pid, &m) {
                     Ok(Some(lib)) => found.push(lib),
                     Ok(None) => {}
@@ -201,6 +202,7 @@ pub fn process_libraries(
             }
             continue;
         };
+        seen.push(id);
         match open_mapped(proc_root, pid, &m, kind) {
             Ok(lib) => found.push(lib),
             Err(e) => errors.push(e),
@@ -604,10 +606,14 @@ mod tests {
         symlink("/", proc_root.join("42/root")).expect("symlink");
         std::fs::write(
             proc_root.join("42/maps"),
+            // As the loader maps a file: its read-only headers first, then its code.
             format!(
-                "7f0000000000-7f0000001000 r-xp 00000000 fd:01 {} {}\n\
+                "7effffff0000-7effffff1000 r--p 00000000 fd:01 {} {}\n\
+                 7f0000000000-7f0000001000 r-xp 00000000 fd:01 {} {}\n\
                  7f0000002000-7f0000003000 r-xp 00000000 fd:01 {} {}\n\
                  7f0000004000-7f0000005000 r--p 00000000 fd:01 {} {}\n",
+                inode(&embedded),
+                embedded.display(),
                 inode(&embedded),
                 embedded.display(),
                 inode(&plain),
