@@ -26,6 +26,12 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     /// Arguments of in-flight Go `crypto/tls.(*Conn).Read` calls, keyed by [`super::GoCallKey`].
     pub const GO_READ_ARGS: &str = "GO_READ_ARGS";
+    /// Arguments of in-flight plaintext socket reads (`read`, `recvfrom`), keyed by `pid_tgid`.
+    pub const SYSCALL_READ_ARGS: &str = "SYSCALL_READ_ARGS";
+    /// Arguments of in-flight plaintext socket writes (`write`, `sendto`), keyed by `pid_tgid`.
+    pub const SYSCALL_WRITE_ARGS: &str = "SYSCALL_WRITE_ARGS";
+    /// File descriptors seen carrying plaintext HTTP, keyed by `tgid << 32 | fd`.
+    pub const PLAINTEXT_FDS: &str = "PLAINTEXT_FDS";
 }
 
 /// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
@@ -48,6 +54,29 @@ pub mod programs {
     pub const GO_TLS_READ_RETURN: &str = "go_tls_read_return";
     /// Go `crypto/tls.(*Conn).Close` entry: the connection is over.
     pub const GO_TLS_CLOSE: &str = "go_tls_close";
+    /// Plaintext HTTP on sockets: syscall tracepoints (`syscalls:<name>`), entry and exit.
+    pub const SYS_ENTER_WRITE: &str = "sys_enter_write";
+    pub const SYS_EXIT_WRITE: &str = "sys_exit_write";
+    pub const SYS_ENTER_SENDTO: &str = "sys_enter_sendto";
+    pub const SYS_EXIT_SENDTO: &str = "sys_exit_sendto";
+    pub const SYS_ENTER_READ: &str = "sys_enter_read";
+    pub const SYS_EXIT_READ: &str = "sys_exit_read";
+    pub const SYS_ENTER_RECVFROM: &str = "sys_enter_recvfrom";
+    pub const SYS_EXIT_RECVFROM: &str = "sys_exit_recvfrom";
+    /// `close(fd)` ends a plaintext connection.
+    pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    /// Every plaintext tracepoint program; each is attached to `syscalls:<its name>`.
+    pub const PLAINTEXT: [&str; 9] = [
+        SYS_ENTER_WRITE,
+        SYS_EXIT_WRITE,
+        SYS_ENTER_SENDTO,
+        SYS_EXIT_SENDTO,
+        SYS_ENTER_READ,
+        SYS_EXIT_READ,
+        SYS_ENTER_RECVFROM,
+        SYS_EXIT_RECVFROM,
+        SYS_ENTER_CLOSE,
+    ];
 }
 
 /// Names of the globals the agent sets at load time.
@@ -138,6 +167,14 @@ pub enum TlsFunction {
     GoTlsWrite = 4,
     /// Go's `crypto/tls.(*Conn).Read`; `conn` is the `*tls.Conn`.
     GoTlsRead = 5,
+    /// `write(2)` on a plaintext connection; `conn` is [`plaintext_conn`] of the fd.
+    SysWrite = 6,
+    /// `sendto(2)`/`send(3)` on a plaintext connection.
+    SysSendto = 7,
+    /// `read(2)` on a plaintext connection.
+    SysRead = 8,
+    /// `recvfrom(2)`/`recv(3)` on a plaintext connection.
+    SysRecvfrom = 9,
 }
 
 impl TlsFunction {
@@ -149,6 +186,10 @@ impl TlsFunction {
             3 => Self::SslReadEx,
             4 => Self::GoTlsWrite,
             5 => Self::GoTlsRead,
+            6 => Self::SysWrite,
+            7 => Self::SysSendto,
+            8 => Self::SysRead,
+            9 => Self::SysRecvfrom,
             _ => return None,
         })
     }
@@ -161,6 +202,10 @@ impl TlsFunction {
             Self::SslReadEx => "SSL_read_ex",
             Self::GoTlsWrite => "crypto/tls.(*Conn).Write",
             Self::GoTlsRead => "crypto/tls.(*Conn).Read",
+            Self::SysWrite => "write",
+            Self::SysSendto => "sendto",
+            Self::SysRead => "read",
+            Self::SysRecvfrom => "recvfrom",
         }
     }
 
@@ -171,6 +216,9 @@ impl TlsFunction {
                 TlsStack::OpenSsl
             }
             Self::GoTlsWrite | Self::GoTlsRead => TlsStack::GoCryptoTls,
+            Self::SysWrite | Self::SysSendto | Self::SysRead | Self::SysRecvfrom => {
+                TlsStack::Plaintext
+            }
         }
     }
 }
@@ -182,6 +230,8 @@ pub enum TlsStack {
     OpenSsl,
     /// Go's `crypto/tls`, linked into a Go executable.
     GoCryptoTls,
+    /// No TLS: plaintext HTTP seen on socket syscalls.
+    Plaintext,
 }
 
 impl TlsStack {
@@ -189,6 +239,7 @@ impl TlsStack {
         match self {
             Self::OpenSsl => "openssl",
             Self::GoCryptoTls => "go",
+            Self::Plaintext => "plaintext",
         }
     }
 }
@@ -269,6 +320,17 @@ pub struct TlsDataHeader {
     pub flags: u8,
     pub _reserved: u8,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Set in [`TlsDataHeader::conn`] (and [`TlsFreeEvent::conn`]) of plaintext connections, whose
+/// identity is a file descriptor rather than a TLS object's address. User-space addresses
+/// (`SSL*`, `*tls.Conn`) never have bit 63 set on any supported architecture, so the two kinds
+/// of identity cannot collide.
+pub const PLAINTEXT_CONN_FLAG: u64 = 1 << 63;
+
+/// The connection identity of plaintext file descriptor `fd`.
+pub const fn plaintext_conn(fd: u32) -> u64 {
+    PLAINTEXT_CONN_FLAG | fd as u64
 }
 
 /// The payload of this record could not be read from user memory: the `data_len` bytes at

@@ -36,6 +36,20 @@ pub(crate) static GO_READ_ARGS: LruHashMap<GoCallKey, GoCallArgs> =
 pub(crate) static CONN_OFFSETS: LruHashMap<ConnDirKey, u64> =
     LruHashMap::with_max_entries(65536, 0);
 
+/// Plaintext socket calls in flight, keyed by `pid_tgid` (see `probes/plaintext.rs`).
+#[map]
+pub(crate) static SYSCALL_READ_ARGS: LruHashMap<u64, CallArgs> =
+    LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static SYSCALL_WRITE_ARGS: LruHashMap<u64, CallArgs> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// File descriptors followed as plaintext HTTP, keyed by `tgid << 32 | fd`; deleted at
+/// `close`. LRU: a process that exits without closing cannot leak entries forever.
+#[map]
+pub(crate) static PLAINTEXT_FDS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<TlsDataRecord> = PerCpuArray::with_max_entries(1, 0);
 
