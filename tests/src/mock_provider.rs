@@ -71,6 +71,7 @@ mod anthropic;
 mod gemini;
 mod h2;
 mod json;
+mod ollama;
 mod openai;
 pub mod scenario;
 
@@ -875,6 +876,11 @@ fn route(head: &Head, body: &[u8], seq: u64) -> (Reply, Scenario, bool) {
         ("POST", "/v1/embeddings", _) => openai::handle(&ctx, openai::Api::Embeddings, &parsed),
         ("POST", "/v1/responses", _) => openai::handle(&ctx, openai::Api::Responses, &parsed),
         ("POST", "/v1/messages", _) => anthropic::handle(&ctx, &parsed),
+        ("POST", "/api/chat", _) => {
+            // Ollama streams unless told not to.
+            ctx.stream = json.get("stream").and_then(Value::as_bool) != Some(false);
+            ollama::handle(&ctx, &parsed)
+        }
         ("POST", _, Some((_, "generateContent"))) => gemini::handle(&ctx, &parsed),
         ("POST", _, Some((_, "streamGenerateContent"))) => {
             let sse = query.split('&').any(|p| p == "alt=sse");
