@@ -33,6 +33,9 @@ use crate::{
 /// `sys_enter_*`: the first three arguments (fd, buffer, length) are 8-byte fields from 16.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+/// `recvfrom`'s `flags`.
+const ARG3: usize = 40;
+const MSG_PEEK: u64 = 2;
 /// `sys_exit_*`: `long ret` at 16.
 const RET: usize = 16;
 
@@ -68,7 +71,12 @@ pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ = stash_read(&ctx);
+    // `MSG_PEEK` leaves the bytes in the socket for the next read: capturing them would count
+    // them twice.
+    let peek = unsafe { ctx.read_at::<u64>(ARG3) }.map_or(true, |flags| flags & MSG_PEEK != 0);
+    if !peek {
+        let _ = stash_read(&ctx);
+    }
     0
 }
 
