@@ -130,11 +130,19 @@ fn plaintext_openai_sdk_and_ollama_ndjson_equal_ground_truth() {
         records
             .iter()
             .filter(|r| r["pid"] == report.pid)
-            .filter(|r| r["request_model"].as_str().is_some_and(|m| m.starts_with(model_prefix)))
+            .filter(|r| {
+                r["request_model"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(model_prefix))
+            })
             .map(|r| r["api"].as_str().unwrap_or("?"))
             .collect()
     };
-    assert!(api_of("gpt-4o-mini").iter().all(|a| *a == "openai.chat_completions"));
+    assert!(
+        api_of("gpt-4o-mini")
+            .iter()
+            .all(|a| *a == "openai.chat_completions")
+    );
     assert_eq!(api_of("llama3.2"), ["ollama.chat", "ollama.chat"]);
 
     // The mock (this process) answered the same exchanges: seen from the server's side.
@@ -145,7 +153,10 @@ fn plaintext_openai_sdk_and_ollama_ndjson_equal_ground_truth() {
     );
 
     // TLS through OpenSSL with plaintext capture on: each call exactly once.
-    let tls_records = records.iter().filter(|r| r["pid"] == tls_report.pid).count();
+    let tls_records = records
+        .iter()
+        .filter(|r| r["pid"] == tls_report.pid)
+        .count();
     assert_eq!(
         tls_records,
         tls_report.calls.len(),

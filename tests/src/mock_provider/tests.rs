@@ -964,7 +964,10 @@ fn plaintext_exchange(mock: &MockProvider, body: &Value) -> String {
 fn ollama_chat_over_plaintext_streams_ndjson_by_default() {
     let mock = MockProvider::start_plaintext().expect("start");
     let messages = json!([{"role": "user", "content": "twelve chars"}]);
-    let streamed = plaintext_exchange(&mock, &json!({"model": "llama3.2-chunks3", "messages": messages}));
+    let streamed = plaintext_exchange(
+        &mock,
+        &json!({"model": "llama3.2-chunks3", "messages": messages}),
+    );
     assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
     assert!(streamed.contains("application/x-ndjson"), "{streamed}");
     assert_eq!(streamed.matches("\"done\":false").count(), 3, "{streamed}");
@@ -972,7 +975,10 @@ fn ollama_chat_over_plaintext_streams_ndjson_by_default() {
         streamed.contains("\"done\":true,\"done_reason\":\"stop\""),
         "{streamed}"
     );
-    assert!(streamed.contains("\"prompt_eval_count\":3,\"eval_count\":3"), "{streamed}");
+    assert!(
+        streamed.contains("\"prompt_eval_count\":3,\"eval_count\":3"),
+        "{streamed}"
+    );
 
     let whole = plaintext_exchange(
         &mock,
@@ -982,8 +988,15 @@ fn ollama_chat_over_plaintext_streams_ndjson_by_default() {
     let v: Value = serde_json::from_str(body).expect("one JSON object");
     assert_eq!(v["done"], true);
     assert_eq!(v["message"]["content"], "Hello from");
-    assert_eq!((v["prompt_eval_count"].as_u64(), v["eval_count"].as_u64()), (Some(3), Some(2)));
+    assert_eq!(
+        (v["prompt_eval_count"].as_u64(), v["eval_count"].as_u64()),
+        (Some(3), Some(2))
+    );
     let records = mock.wait_requests(2, WAIT);
     assert_eq!(records.len(), 2);
-    assert!(records.iter().all(|r| r.sni.is_none() && r.tls_version.is_empty()));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.sni.is_none() && r.tls_version.is_empty())
+    );
 }
