@@ -63,10 +63,26 @@ pub mod programs {
     pub const SYS_EXIT_READ: &str = "sys_exit_read";
     pub const SYS_ENTER_RECVFROM: &str = "sys_enter_recvfrom";
     pub const SYS_EXIT_RECVFROM: &str = "sys_exit_recvfrom";
+    pub const SYS_ENTER_WRITEV: &str = "sys_enter_writev";
+    pub const SYS_EXIT_WRITEV: &str = "sys_exit_writev";
+    pub const SYS_ENTER_SENDMSG: &str = "sys_enter_sendmsg";
+    pub const SYS_EXIT_SENDMSG: &str = "sys_exit_sendmsg";
+    pub const SYS_ENTER_READV: &str = "sys_enter_readv";
+    pub const SYS_EXIT_READV: &str = "sys_exit_readv";
+    pub const SYS_ENTER_RECVMSG: &str = "sys_enter_recvmsg";
+    pub const SYS_EXIT_RECVMSG: &str = "sys_exit_recvmsg";
     /// `close(fd)` ends a plaintext connection.
     pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
     /// Every plaintext tracepoint program; each is attached to `syscalls:<its name>`.
-    pub const PLAINTEXT: [&str; 9] = [
+    pub const PLAINTEXT: [&str; 17] = [
+        SYS_ENTER_WRITEV,
+        SYS_EXIT_WRITEV,
+        SYS_ENTER_SENDMSG,
+        SYS_EXIT_SENDMSG,
+        SYS_ENTER_READV,
+        SYS_EXIT_READV,
+        SYS_ENTER_RECVMSG,
+        SYS_EXIT_RECVMSG,
         SYS_ENTER_WRITE,
         SYS_EXIT_WRITE,
         SYS_ENTER_SENDTO,
@@ -175,7 +191,19 @@ pub enum TlsFunction {
     SysRead = 8,
     /// `recvfrom(2)`/`recv(3)` on a plaintext connection.
     SysRecvfrom = 9,
+    /// `writev(2)`: each of the first [`MAX_IOVECS`] buffers is recorded as one call.
+    SysWritev = 10,
+    /// `sendmsg(2)`, buffers as for `writev`.
+    SysSendmsg = 11,
+    /// `readv(2)`, buffers as for `writev`.
+    SysReadv = 12,
+    /// `recvmsg(2)`, buffers as for `writev`.
+    SysRecvmsg = 13,
 }
+
+/// Buffers of a vectored socket call (`writev`, `sendmsg`, `readv`, `recvmsg`) that are copied;
+/// the bytes of later buffers are skipped in the stream offset, so user space sees them as a gap.
+pub const MAX_IOVECS: usize = 4;
 
 impl TlsFunction {
     pub const fn from_u8(value: u8) -> Option<Self> {
@@ -190,6 +218,10 @@ impl TlsFunction {
             7 => Self::SysSendto,
             8 => Self::SysRead,
             9 => Self::SysRecvfrom,
+            10 => Self::SysWritev,
+            11 => Self::SysSendmsg,
+            12 => Self::SysReadv,
+            13 => Self::SysRecvmsg,
             _ => return None,
         })
     }
@@ -206,6 +238,10 @@ impl TlsFunction {
             Self::SysSendto => "sendto",
             Self::SysRead => "read",
             Self::SysRecvfrom => "recvfrom",
+            Self::SysWritev => "writev",
+            Self::SysSendmsg => "sendmsg",
+            Self::SysReadv => "readv",
+            Self::SysRecvmsg => "recvmsg",
         }
     }
 
@@ -216,9 +252,14 @@ impl TlsFunction {
                 TlsStack::OpenSsl
             }
             Self::GoTlsWrite | Self::GoTlsRead => TlsStack::GoCryptoTls,
-            Self::SysWrite | Self::SysSendto | Self::SysRead | Self::SysRecvfrom => {
-                TlsStack::Plaintext
-            }
+            Self::SysWrite
+            | Self::SysSendto
+            | Self::SysRead
+            | Self::SysRecvfrom
+            | Self::SysWritev
+            | Self::SysSendmsg
+            | Self::SysReadv
+            | Self::SysRecvmsg => TlsStack::Plaintext,
         }
     }
 }
@@ -369,6 +410,19 @@ pub struct CallArgs {
     pub buf_addr: u64,
     /// `size_t *readbytes` / `size_t *written` of the `_ex` forms; 0 for the plain ones.
     pub len_addr: u64,
+    /// Entry time.
+    pub ktime_ns: u64,
+}
+
+/// Arguments of an in-flight plaintext socket call, stashed at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    pub fd: u64,
+    /// The buffer, or for the vectored forms the `struct iovec` array.
+    pub buf_addr: u64,
+    /// Entries of the `iovec` array; 0 for the plain forms.
+    pub iov_count: u64,
     /// Entry time.
     pub ktime_ns: u64,
 }

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tokentap_common::{CallArgs, ConnDirKey, GoCallArgs, GoCallKey, KernelCounter, TlsDataRecord};
+use tokentap_common::{
+    CallArgs, ConnDirKey, GoCallArgs, GoCallKey, KernelCounter, SyscallArgs, TlsDataRecord,
+};
 
 /// Default ring-buffer size; the agent overrides it at load time (`--ring-buffer-bytes`).
 const DEFAULT_EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -38,11 +40,11 @@ pub(crate) static CONN_OFFSETS: LruHashMap<ConnDirKey, u64> =
 
 /// Plaintext socket calls in flight, keyed by `pid_tgid` (see `probes/plaintext.rs`).
 #[map]
-pub(crate) static SYSCALL_READ_ARGS: LruHashMap<u64, CallArgs> =
+pub(crate) static SYSCALL_READ_ARGS: LruHashMap<u64, SyscallArgs> =
     LruHashMap::with_max_entries(65536, 0);
 
 #[map]
-pub(crate) static SYSCALL_WRITE_ARGS: LruHashMap<u64, CallArgs> =
+pub(crate) static SYSCALL_WRITE_ARGS: LruHashMap<u64, SyscallArgs> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// File descriptors followed as plaintext HTTP, keyed by `tgid << 32 | fd`; deleted at

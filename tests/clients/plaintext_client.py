@@ -3,7 +3,9 @@
 Talks plain HTTP to http://127.0.0.1:PORT (as clients of in-cluster model servers do): the
 openai SDK with base_url http://127.0.0.1:PORT/v1 (chat, non-streamed and streamed with usage,
 several calls on one keep-alive connection), and Ollama's native POST /api/chat, streamed as
-NDJSON and not, with the standard library's http.client.
+NDJSON and not, with the standard library's http.client; then two non-streamed Ollama calls on
+raw sockets through the vectored syscalls: sendmsg/recvmsg, and os.writev/os.readv with the
+request and the answer split over several buffers.
 
 Prints one JSON document on stdout: this process's pid and, per call, the model asked for,
 whether it streamed, the HTTP status and the token counts the client itself parsed.
@@ -59,6 +61,42 @@ def ollama_calls(port, calls):
     conn.close()
 
 
+def vectored_calls(port, calls):
+    import socket
+
+    for model, use_msg in (("llama3.2-chunks6", True), ("llama3.2-chunks8", False)):
+        body = json.dumps({"model": model, "messages": MESSAGES, "stream": False}).encode()
+        head = (
+            f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw = b""
+        if use_msg:
+            sent = sock.sendmsg([head, body])
+            assert sent == len(head) + len(body), sent
+            while True:
+                data, _, _, _ = sock.recvmsg(65536)
+                if not data:
+                    break
+                raw += data
+        else:
+            sent = os.writev(sock.fileno(), [head[:10], head[10:], body])
+            assert sent == len(head) + len(body), sent
+            while True:
+                small, large = bytearray(7), bytearray(65536)
+                n = os.readv(sock.fileno(), [small, large])
+                if n == 0:
+                    break
+                raw += (bytes(small) + bytes(large))[:n]
+        sock.close()
+        status_line, _, rest = raw.partition(b"\r\n")
+        answer = json.loads(rest.partition(b"\r\n\r\n")[2])
+        calls.append(call(model, False, int(status_line.split()[1]),
+                          answer["prompt_eval_count"], answer["eval_count"]))
+
+
 def call(model, streaming, status, input_tokens, output_tokens):
     return {"model": model, "streaming": streaming, "status": status,
             "input": input_tokens, "output": output_tokens}
@@ -74,6 +112,7 @@ def main():
     calls = []
     openai_calls(args.port, calls)
     ollama_calls(args.port, calls)
+    vectored_calls(args.port, calls)
     json.dump({"pid": os.getpid(), "calls": calls}, sys.stdout)
     sys.stdout.write("\n")
     return 0

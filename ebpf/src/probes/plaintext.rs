@@ -1,4 +1,5 @@
-//! Plaintext HTTP on sockets: `write`/`sendto` and `read`/`recvfrom`, through the per-syscall
+//! Plaintext HTTP on sockets: `write`/`sendto`/`writev`/`sendmsg` and
+//! `read`/`recvfrom`/`readv`/`recvmsg`, through the per-syscall
 //! tracepoints (`syscalls:sys_enter_*`/`sys_exit_*`), for in-cluster model servers spoken to
 //! without TLS.
 //!
@@ -13,6 +14,9 @@
 //! with a content-type byte (0x14..=0x18), never with an ASCII method or `HTTP`, so its fd is
 //! never followed; its plaintext comes from the TLS library hooks alone.
 //!
+//! A vectored call's buffers are recorded as consecutive calls, the first [`MAX_IOVECS`] of
+//! them; the bytes of any later buffer advance the stream offset uncopied (a counted gap).
+//!
 //! The connection identity is `plaintext_conn(fd)` (bit 63 set), which no `SSL*` has. Writes keep
 //! their entry time, reads their return time, as for the TLS hooks.
 
@@ -22,10 +26,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use tokentap_common::{CallArgs, Direction, KernelCounter, TlsFunction, plaintext_conn};
+use tokentap_common::{
+    Direction, KernelCounter, MAX_IOVECS, SyscallArgs, TlsFunction, plaintext_conn,
+};
 
 use crate::{
-    capture::{TlsCall, emit_tls_call},
+    capture::{TlsCall, emit_tls_call, skip_stream_bytes},
     maps::{PLAINTEXT_FDS, SYSCALL_READ_ARGS, SYSCALL_WRITE_ARGS, count},
     probes::ssl_free::end_connection,
 };
@@ -33,8 +39,20 @@ use crate::{
 /// `sys_enter_*`: the first three arguments (fd, buffer, length) are 8-byte fields from 16.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+const ARG2: usize = 32;
 /// `recvfrom`'s `flags`.
 const ARG3: usize = 40;
+/// `struct msghdr`: `msg_iov` and `msg_iovlen`.
+const MSG_IOV: u64 = 16;
+const MSG_IOVLEN: u64 = 24;
+
+/// `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
 const MSG_PEEK: u64 = 2;
 /// `sys_exit_*`: `long ret` at 16.
 const RET: usize = 16;
@@ -93,6 +111,58 @@ pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let _ = stash_vectored(&ctx, Direction::Write, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let _ = stash_vectored(&ctx, Direction::Write, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    let _ = stash_vectored(&ctx, Direction::Read, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    // recvmsg(fd, msg, flags): see recvfrom about MSG_PEEK.
+    let peek = unsafe { ctx.read_at::<u64>(ARG2) }.map_or(true, |flags| flags & MSG_PEEK != 0);
+    if !peek {
+        let _ = stash_vectored(&ctx, Direction::Read, true);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+    let _ = finish(&ctx, Direction::Write, TlsFunction::SysWritev);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    let _ = finish(&ctx, Direction::Write, TlsFunction::SysSendmsg);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+    let _ = finish(&ctx, Direction::Read, TlsFunction::SysReadv);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    let _ = finish(&ctx, Direction::Read, TlsFunction::SysRecvmsg);
+    0
+}
+
+#[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let _ = try_close(&ctx);
     0
@@ -134,11 +204,11 @@ fn followed(tgid: u32, fd: u32) -> bool {
 }
 
 #[inline(always)]
-fn stash(map: &LruHashMap<u64, CallArgs>, pid_tgid: u64, fd: u32, buf: u64) {
-    let args = CallArgs {
-        conn: fd as u64,
+fn stash(map: &LruHashMap<u64, SyscallArgs>, pid_tgid: u64, fd: u32, buf: u64, iov_count: u64) {
+    let args = SyscallArgs {
+        fd: fd as u64,
         buf_addr: buf,
-        len_addr: 0,
+        iov_count,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
     };
     if map.insert(&pid_tgid, &args, 0).is_err() {
@@ -151,7 +221,7 @@ fn stash_write(ctx: &TracePointContext) -> Result<(), ()> {
     let (fd, buf) = fd_and_buf(ctx)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     if followed((pid_tgid >> 32) as u32, fd) || starts_like_http(buf) {
-        stash(&SYSCALL_WRITE_ARGS, pid_tgid, fd, buf);
+        stash(&SYSCALL_WRITE_ARGS, pid_tgid, fd, buf, 0);
     }
     Ok(())
 }
@@ -159,7 +229,36 @@ fn stash_write(ctx: &TracePointContext) -> Result<(), ()> {
 #[inline(always)]
 fn stash_read(ctx: &TracePointContext) -> Result<(), ()> {
     let (fd, buf) = fd_and_buf(ctx)?;
-    stash(&SYSCALL_READ_ARGS, bpf_get_current_pid_tgid(), fd, buf);
+    stash(&SYSCALL_READ_ARGS, bpf_get_current_pid_tgid(), fd, buf, 0);
+    Ok(())
+}
+
+/// `writev`/`readv(fd, iov, iovcnt)` or `sendmsg`/`recvmsg(fd, msg, flags)`.
+#[inline(always)]
+fn stash_vectored(ctx: &TracePointContext, direction: Direction, msghdr: bool) -> Result<(), ()> {
+    let (fd, arg1) = fd_and_buf(ctx)?;
+    let (iov, iov_count) = if msghdr {
+        let iov: u64 =
+            unsafe { bpf_probe_read_user((arg1 + MSG_IOV) as *const u64) }.map_err(|_| ())?;
+        let n: u64 =
+            unsafe { bpf_probe_read_user((arg1 + MSG_IOVLEN) as *const u64) }.map_err(|_| ())?;
+        (iov, n)
+    } else {
+        (arg1, unsafe { ctx.read_at::<u64>(ARG2) }.map_err(|_| ())?)
+    };
+    if iov == 0 || iov_count == 0 {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    match direction {
+        Direction::Write => {
+            let first = unsafe { bpf_probe_read_user(iov as *const Iovec) }.map_err(|_| ())?;
+            if followed((pid_tgid >> 32) as u32, fd) || starts_like_http(first.base) {
+                stash(&SYSCALL_WRITE_ARGS, pid_tgid, fd, iov, iov_count);
+            }
+        }
+        Direction::Read => stash(&SYSCALL_READ_ARGS, pid_tgid, fd, iov, iov_count),
+    }
     Ok(())
 }
 
@@ -179,24 +278,67 @@ fn finish(ctx: &TracePointContext, direction: Direction, function: TlsFunction) 
         return Ok(());
     }
     let tgid = (pid_tgid >> 32) as u32;
-    let fd = args.conn as u32;
+    let fd = args.fd as u32;
+    let ktime_ns = match direction {
+        Direction::Write => args.ktime_ns,
+        Direction::Read => return_ktime,
+    };
+    let conn = plaintext_conn(fd);
+    if args.iov_count == 0 {
+        if !followed(tgid, fd) {
+            if !starts_like_http(args.buf_addr) {
+                return Ok(());
+            }
+            let _ = PLAINTEXT_FDS.insert(&fd_key(tgid, fd), &0, 0);
+        }
+        emit_tls_call(&TlsCall {
+            conn,
+            buf_addr: args.buf_addr,
+            call_len: ret as u64,
+            direction,
+            function,
+            ktime_ns,
+        });
+        return Ok(());
+    }
     if !followed(tgid, fd) {
-        if !starts_like_http(args.buf_addr) {
+        let first =
+            unsafe { bpf_probe_read_user(args.buf_addr as *const Iovec) }.map_err(|_| ())?;
+        if !starts_like_http(first.base) {
             return Ok(());
         }
         let _ = PLAINTEXT_FDS.insert(&fd_key(tgid, fd), &0, 0);
     }
-    emit_tls_call(&TlsCall {
-        conn: plaintext_conn(fd),
-        buf_addr: args.buf_addr,
-        call_len: ret as u64,
-        direction,
-        function,
-        ktime_ns: match direction {
-            Direction::Write => args.ktime_ns,
-            Direction::Read => return_ktime,
-        },
-    });
+    // The kernel filled (or took) the buffers in order: the first `ret` bytes of the array.
+    let mut remaining = ret as u64;
+    for i in 0..MAX_IOVECS {
+        if remaining == 0 || i as u64 >= args.iov_count {
+            break;
+        }
+        let at = args.buf_addr + (i * core::mem::size_of::<Iovec>()) as u64;
+        let Ok(iov) = (unsafe { bpf_probe_read_user(at as *const Iovec) }) else {
+            break;
+        };
+        let len = if iov.len < remaining {
+            iov.len
+        } else {
+            remaining
+        };
+        if len > 0 && iov.base != 0 {
+            emit_tls_call(&TlsCall {
+                conn,
+                buf_addr: iov.base,
+                call_len: len,
+                direction,
+                function,
+                ktime_ns,
+            });
+        }
+        remaining -= len;
+    }
+    if remaining > 0 {
+        skip_stream_bytes(conn, direction, remaining);
+    }
     Ok(())
 }
 
