@@ -72,6 +72,8 @@ def vectored_calls(port, calls):
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        # os.readv bypasses the socket object's timeout: it needs a blocking descriptor.
+        sock.setblocking(True)
         raw = b""
         if use_msg:
             sent = sock.sendmsg([head, body])
