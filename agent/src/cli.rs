@@ -63,6 +63,11 @@ pub struct CaptureOptions {
     /// Size of the kernel-to-agent ring buffer (a power of two).
     #[arg(long, global = true, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
     pub ring_buffer_bytes: u32,
+    /// Also capture plaintext HTTP/1 on sockets (in-cluster model servers without TLS), through
+    /// the `write`/`sendto`/`read`/`recvfrom` syscall tracepoints. These fire for every such
+    /// call on the node; see the README's "Plaintext HTTP" for what that costs.
+    #[arg(long, global = true)]
+    pub plaintext_http: bool,
     /// Also hook this OpenSSL libssl file (repeatable).
     #[arg(long = "libssl", global = true, value_name = "PATH")]
     pub libssl: Vec<PathBuf>,
@@ -152,6 +157,7 @@ impl CaptureOptions {
             head_bytes: self.head_bytes,
             tail_bytes: self.tail_bytes,
             ring_buffer_bytes: self.ring_buffer_bytes,
+            plaintext_http: self.plaintext_http,
         }
     }
 

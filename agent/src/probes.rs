@@ -9,7 +9,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, UProbe,
+        BtfTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -32,6 +32,8 @@ pub struct ProbeConfig {
     pub head_bytes: u64,
     pub tail_bytes: u64,
     pub ring_buffer_bytes: u32,
+    /// Also capture plaintext HTTP on sockets (syscall tracepoints; see `attach_plaintext`).
+    pub plaintext_http: bool,
 }
 
 impl Default for ProbeConfig {
@@ -40,6 +42,7 @@ impl Default for ProbeConfig {
             head_bytes: DEFAULT_HEAD_BYTES,
             tail_bytes: DEFAULT_TAIL_BYTES,
             ring_buffer_bytes: 16 * 1024 * 1024,
+            plaintext_http: false,
         }
     }
 }
@@ -89,6 +92,8 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("eBPF object has no map `{0}`; rebuild with `cargo xtask build`")]
     MissingMap(&'static str),
+    #[error("--plaintext-http: {0}")]
+    Plaintext(String),
     #[error("map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -189,6 +194,9 @@ impl Probes {
             })?;
         }
         let process_watch = Self::attach_process_watch(&mut ebpf);
+        if config.plaintext_http {
+            Self::attach_plaintext(&mut ebpf).map_err(ProbeError::Plaintext)?;
+        }
         Ok(Self {
             ebpf,
             attached: HashMap::new(),
@@ -211,6 +219,21 @@ impl Probes {
                 .map_err(|e| format!("tp_btf {name}: {}", error_chain(&e)))?;
             prog.attach()
                 .map_err(|e| format!("tp_btf {name}: {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Plaintext HTTP: the `syscalls:sys_{enter,exit}_*` tracepoints of `write`, `sendto`,
+    /// `read`, `recvfrom` and `close`. Their ids come from tracefs, which is mounted at
+    /// `/sys/kernel/tracing` first when no tracefs is.
+    fn attach_plaintext(ebpf: &mut Ebpf) -> Result<(), String> {
+        ensure_tracefs()?;
+        for name in programs::PLAINTEXT {
+            let prog: &mut TracePoint = program(ebpf, name).map_err(|e| e.to_string())?;
+            prog.load()
+                .map_err(|e| format!("tracepoint syscalls:{name}: {}", error_chain(&e)))?;
+            prog.attach("syscalls", name)
+                .map_err(|e| format!("tracepoint syscalls:{name}: {}", error_chain(&e)))?;
         }
         Ok(())
     }
@@ -437,4 +460,39 @@ fn has_bpf_privileges() -> bool {
     const CAP_BPF: u64 = 39;
     let has = |cap: u64| cap_eff & (1 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Where tracefs is normally mounted; the kernel creates the directory when tracefs is built in.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Makes sure tracefs is mounted (at [`TRACEFS`] or under debugfs), mounting it if not.
+fn ensure_tracefs() -> Result<(), String> {
+    let mounted = |dir: &str| Path::new(dir).join("events/syscalls").is_dir();
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let source = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: plain C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({}); mount it (`mount -t tracefs tracefs {TRACEFS}`, or a hostPath volume) or drop --plaintext-http",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if !mounted(TRACEFS) {
+        return Err(format!(
+            "{TRACEFS} has no events/syscalls: this kernel lacks CONFIG_FTRACE_SYSCALLS; drop --plaintext-http"
+        ));
+    }
+    Ok(())
 }

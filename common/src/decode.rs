@@ -332,7 +332,7 @@ mod tests {
             })
         ));
         let mut h = tls_header(0, 0);
-        h.function = 9;
+        h.function = 200;
         assert!(matches!(
             decode(&bytes_of(&h)),
             Err(DecodeError::BadField {
@@ -343,6 +343,26 @@ mod tests {
         let mut h = header(EventKind::TlsFree);
         h.kind = 99;
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn plaintext_records_carry_the_fd_identity_and_stack() {
+        let mut h = tls_header(0, 0);
+        h.conn = crate::plaintext_conn(7);
+        h.function = TlsFunction::SysRecvfrom as u8;
+        let rec = bytes_of(&h);
+        let Ok(RawEvent::TlsData(d)) = decode(&rec) else {
+            panic!("a plaintext record decodes");
+        };
+        assert_eq!(d.conn, crate::PLAINTEXT_CONN_FLAG | 7);
+        assert_eq!(d.function, TlsFunction::SysRecvfrom);
+        assert_eq!(d.function.stack(), crate::TlsStack::Plaintext);
+        assert_eq!(d.function.name(), "recvfrom");
+        // Every function value round-trips; the first unused one is rejected.
+        for v in 0..=13u8 {
+            assert_eq!(TlsFunction::from_u8(v).map(|f| f as u8), Some(v));
+        }
+        assert_eq!(TlsFunction::from_u8(14), None);
     }
 
     #[test]

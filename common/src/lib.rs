@@ -26,6 +26,12 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     /// Arguments of in-flight Go `crypto/tls.(*Conn).Read` calls, keyed by [`super::GoCallKey`].
     pub const GO_READ_ARGS: &str = "GO_READ_ARGS";
+    /// Arguments of in-flight plaintext socket reads (`read`, `recvfrom`), keyed by `pid_tgid`.
+    pub const SYSCALL_READ_ARGS: &str = "SYSCALL_READ_ARGS";
+    /// Arguments of in-flight plaintext socket writes (`write`, `sendto`), keyed by `pid_tgid`.
+    pub const SYSCALL_WRITE_ARGS: &str = "SYSCALL_WRITE_ARGS";
+    /// File descriptors seen carrying plaintext HTTP, keyed by `tgid << 32 | fd`.
+    pub const PLAINTEXT_FDS: &str = "PLAINTEXT_FDS";
 }
 
 /// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
@@ -48,6 +54,45 @@ pub mod programs {
     pub const GO_TLS_READ_RETURN: &str = "go_tls_read_return";
     /// Go `crypto/tls.(*Conn).Close` entry: the connection is over.
     pub const GO_TLS_CLOSE: &str = "go_tls_close";
+    /// Plaintext HTTP on sockets: syscall tracepoints (`syscalls:<name>`), entry and exit.
+    pub const SYS_ENTER_WRITE: &str = "sys_enter_write";
+    pub const SYS_EXIT_WRITE: &str = "sys_exit_write";
+    pub const SYS_ENTER_SENDTO: &str = "sys_enter_sendto";
+    pub const SYS_EXIT_SENDTO: &str = "sys_exit_sendto";
+    pub const SYS_ENTER_READ: &str = "sys_enter_read";
+    pub const SYS_EXIT_READ: &str = "sys_exit_read";
+    pub const SYS_ENTER_RECVFROM: &str = "sys_enter_recvfrom";
+    pub const SYS_EXIT_RECVFROM: &str = "sys_exit_recvfrom";
+    pub const SYS_ENTER_WRITEV: &str = "sys_enter_writev";
+    pub const SYS_EXIT_WRITEV: &str = "sys_exit_writev";
+    pub const SYS_ENTER_SENDMSG: &str = "sys_enter_sendmsg";
+    pub const SYS_EXIT_SENDMSG: &str = "sys_exit_sendmsg";
+    pub const SYS_ENTER_READV: &str = "sys_enter_readv";
+    pub const SYS_EXIT_READV: &str = "sys_exit_readv";
+    pub const SYS_ENTER_RECVMSG: &str = "sys_enter_recvmsg";
+    pub const SYS_EXIT_RECVMSG: &str = "sys_exit_recvmsg";
+    /// `close(fd)` ends a plaintext connection.
+    pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    /// Every plaintext tracepoint program; each is attached to `syscalls:<its name>`.
+    pub const PLAINTEXT: [&str; 17] = [
+        SYS_ENTER_WRITEV,
+        SYS_EXIT_WRITEV,
+        SYS_ENTER_SENDMSG,
+        SYS_EXIT_SENDMSG,
+        SYS_ENTER_READV,
+        SYS_EXIT_READV,
+        SYS_ENTER_RECVMSG,
+        SYS_EXIT_RECVMSG,
+        SYS_ENTER_WRITE,
+        SYS_EXIT_WRITE,
+        SYS_ENTER_SENDTO,
+        SYS_EXIT_SENDTO,
+        SYS_ENTER_READ,
+        SYS_EXIT_READ,
+        SYS_ENTER_RECVFROM,
+        SYS_EXIT_RECVFROM,
+        SYS_ENTER_CLOSE,
+    ];
 }
 
 /// Names of the globals the agent sets at load time.
@@ -138,7 +183,27 @@ pub enum TlsFunction {
     GoTlsWrite = 4,
     /// Go's `crypto/tls.(*Conn).Read`; `conn` is the `*tls.Conn`.
     GoTlsRead = 5,
+    /// `write(2)` on a plaintext connection; `conn` is [`plaintext_conn`] of the fd.
+    SysWrite = 6,
+    /// `sendto(2)`/`send(3)` on a plaintext connection.
+    SysSendto = 7,
+    /// `read(2)` on a plaintext connection.
+    SysRead = 8,
+    /// `recvfrom(2)`/`recv(3)` on a plaintext connection.
+    SysRecvfrom = 9,
+    /// `writev(2)`: each of the first [`MAX_IOVECS`] buffers is recorded as one call.
+    SysWritev = 10,
+    /// `sendmsg(2)`, buffers as for `writev`.
+    SysSendmsg = 11,
+    /// `readv(2)`, buffers as for `writev`.
+    SysReadv = 12,
+    /// `recvmsg(2)`, buffers as for `writev`.
+    SysRecvmsg = 13,
 }
+
+/// Buffers of a vectored socket call (`writev`, `sendmsg`, `readv`, `recvmsg`) that are copied;
+/// the bytes of later buffers are skipped in the stream offset, so user space sees them as a gap.
+pub const MAX_IOVECS: usize = 4;
 
 impl TlsFunction {
     pub const fn from_u8(value: u8) -> Option<Self> {
@@ -149,6 +214,14 @@ impl TlsFunction {
             3 => Self::SslReadEx,
             4 => Self::GoTlsWrite,
             5 => Self::GoTlsRead,
+            6 => Self::SysWrite,
+            7 => Self::SysSendto,
+            8 => Self::SysRead,
+            9 => Self::SysRecvfrom,
+            10 => Self::SysWritev,
+            11 => Self::SysSendmsg,
+            12 => Self::SysReadv,
+            13 => Self::SysRecvmsg,
             _ => return None,
         })
     }
@@ -161,6 +234,14 @@ impl TlsFunction {
             Self::SslReadEx => "SSL_read_ex",
             Self::GoTlsWrite => "crypto/tls.(*Conn).Write",
             Self::GoTlsRead => "crypto/tls.(*Conn).Read",
+            Self::SysWrite => "write",
+            Self::SysSendto => "sendto",
+            Self::SysRead => "read",
+            Self::SysRecvfrom => "recvfrom",
+            Self::SysWritev => "writev",
+            Self::SysSendmsg => "sendmsg",
+            Self::SysReadv => "readv",
+            Self::SysRecvmsg => "recvmsg",
         }
     }
 
@@ -171,6 +252,14 @@ impl TlsFunction {
                 TlsStack::OpenSsl
             }
             Self::GoTlsWrite | Self::GoTlsRead => TlsStack::GoCryptoTls,
+            Self::SysWrite
+            | Self::SysSendto
+            | Self::SysRead
+            | Self::SysRecvfrom
+            | Self::SysWritev
+            | Self::SysSendmsg
+            | Self::SysReadv
+            | Self::SysRecvmsg => TlsStack::Plaintext,
         }
     }
 }
@@ -182,6 +271,8 @@ pub enum TlsStack {
     OpenSsl,
     /// Go's `crypto/tls`, linked into a Go executable.
     GoCryptoTls,
+    /// No TLS: plaintext HTTP seen on socket syscalls.
+    Plaintext,
 }
 
 impl TlsStack {
@@ -189,6 +280,7 @@ impl TlsStack {
         match self {
             Self::OpenSsl => "openssl",
             Self::GoCryptoTls => "go",
+            Self::Plaintext => "plaintext",
         }
     }
 }
@@ -271,6 +363,17 @@ pub struct TlsDataHeader {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Set in [`TlsDataHeader::conn`] (and [`TlsFreeEvent::conn`]) of plaintext connections, whose
+/// identity is a file descriptor rather than a TLS object's address. User-space addresses
+/// (`SSL*`, `*tls.Conn`) never have bit 63 set on any supported architecture, so the two kinds
+/// of identity cannot collide.
+pub const PLAINTEXT_CONN_FLAG: u64 = 1 << 63;
+
+/// The connection identity of plaintext file descriptor `fd`.
+pub const fn plaintext_conn(fd: u32) -> u64 {
+    PLAINTEXT_CONN_FLAG | fd as u64
+}
+
 /// The payload of this record could not be read from user memory: the `data_len` bytes at
 /// `call_offset` are missing and no payload follows.
 pub const TLS_DATA_FLAG_UNREADABLE: u8 = 1;
@@ -307,6 +410,19 @@ pub struct CallArgs {
     pub buf_addr: u64,
     /// `size_t *readbytes` / `size_t *written` of the `_ex` forms; 0 for the plain ones.
     pub len_addr: u64,
+    /// Entry time.
+    pub ktime_ns: u64,
+}
+
+/// Arguments of an in-flight plaintext socket call, stashed at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    pub fd: u64,
+    /// The buffer, or for the vectored forms the `struct iovec` array.
+    pub buf_addr: u64,
+    /// Entries of the `iovec` array; 0 for the plain forms.
+    pub iov_count: u64,
     /// Entry time.
     pub ktime_ns: u64,
 }

@@ -89,6 +89,18 @@ pub(crate) fn emit_tls_call(call: &TlsCall) {
     }
 }
 
+/// Advances a connection direction's stream offset by `len` bytes that are not copied, so that
+/// user space sees them as a gap of exactly that length.
+pub(crate) fn skip_stream_bytes(conn: u64, direction: Direction, len: u64) {
+    let key = ConnDirKey {
+        conn,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        direction: direction as u32,
+    };
+    let stream_offset = unsafe { CONN_OFFSETS.get(&key) }.copied().unwrap_or(0);
+    let _ = CONN_OFFSETS.insert(&key, &(stream_offset + len), 0);
+}
+
 /// Emits `[start, end)` of the call in records of at most `CHUNK` bytes.
 #[inline(always)]
 fn emit_part(record: &mut TlsDataRecord, buf_addr: u64, start: u64, end: u64) {

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tokentap_common::{CallArgs, ConnDirKey, GoCallArgs, GoCallKey, KernelCounter, TlsDataRecord};
+use tokentap_common::{
+    CallArgs, ConnDirKey, GoCallArgs, GoCallKey, KernelCounter, SyscallArgs, TlsDataRecord,
+};
 
 /// Default ring-buffer size; the agent overrides it at load time (`--ring-buffer-bytes`).
 const DEFAULT_EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -35,6 +37,20 @@ pub(crate) static GO_READ_ARGS: LruHashMap<GoCallKey, GoCallArgs> =
 #[map]
 pub(crate) static CONN_OFFSETS: LruHashMap<ConnDirKey, u64> =
     LruHashMap::with_max_entries(65536, 0);
+
+/// Plaintext socket calls in flight, keyed by `pid_tgid` (see `probes/plaintext.rs`).
+#[map]
+pub(crate) static SYSCALL_READ_ARGS: LruHashMap<u64, SyscallArgs> =
+    LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static SYSCALL_WRITE_ARGS: LruHashMap<u64, SyscallArgs> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// File descriptors followed as plaintext HTTP, keyed by `tgid << 32 | fd`; deleted at
+/// `close`. LRU: a process that exits without closing cannot leak entries forever.
+#[map]
+pub(crate) static PLAINTEXT_FDS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<TlsDataRecord> = PerCpuArray::with_max_entries(1, 0);

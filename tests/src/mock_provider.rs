@@ -71,6 +71,7 @@ mod anthropic;
 mod gemini;
 mod h2;
 mod json;
+mod ollama;
 mod openai;
 pub mod scenario;
 
@@ -199,6 +200,16 @@ impl MockProvider {
     /// Generates the CA and certificate, binds `127.0.0.1:0` and serves on background
     /// threads (one per connection).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// Serves plaintext HTTP/1.1 (`http://127.0.0.1:PORT`), as in-cluster model servers do.
+    /// [`Self::ca_file`] still names a CA file, which plaintext clients ignore.
+    pub fn start_plaintext() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Self> {
         let certs = generate_certs(&HOSTS)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -233,7 +244,7 @@ impl MockProvider {
             let stop = Arc::clone(&stop);
             thread::Builder::new()
                 .name(format!("mock-accept-{}", addr.port()))
-                .spawn(move || accept_loop(&listener, &config, &shared, &stop))
+                .spawn(move || accept_loop(&listener, tls.then_some(&config), &shared, &stop))
         };
         let accept_thread = match spawned {
             Ok(t) => t,
@@ -486,7 +497,7 @@ impl Shared {
 
 fn accept_loop(
     listener: &TcpListener,
-    config: &Arc<ServerConfig>,
+    config: Option<&Arc<ServerConfig>>,
     shared: &Arc<Shared>,
     stop: &AtomicBool,
 ) {
@@ -507,7 +518,7 @@ fn accept_loop(
             lock(&shared.live).insert(conn_idx, clone);
         }
         let shared = Arc::clone(shared);
-        let config = Arc::clone(config);
+        let config = config.cloned();
         let _ = thread::Builder::new()
             .name(format!("mock-conn-{conn_idx}"))
             .spawn(move || {
@@ -520,7 +531,58 @@ fn accept_loop(
     }
 }
 
-type Tls = StreamOwned<ServerConnection, TcpStream>;
+/// One accepted connection: TLS (the default) or plaintext ([`MockProvider::start_plaintext`]).
+enum Tls {
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl Tls {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Tls(s) => &s.sock,
+            Self::Plain(s) => s,
+        }
+    }
+
+    fn tls(&self) -> Option<&ServerConnection> {
+        match self {
+            Self::Tls(s) => Some(&s.conn),
+            Self::Plain(_) => None,
+        }
+    }
+
+    fn send_close_notify(&mut self) {
+        if let Self::Tls(s) = self {
+            s.conn.send_close_notify();
+        }
+    }
+}
+
+impl io::Read for Tls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tls(s) => s.read(buf),
+            Self::Plain(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Tls {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tls(s) => s.write(buf),
+            Self::Plain(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tls(s) => s.flush(),
+            Self::Plain(s) => s.flush(),
+        }
+    }
+}
 
 struct Head {
     method: String,
@@ -636,10 +698,16 @@ fn serve_connection(
     shared: &Arc<Shared>,
     conn_idx: usize,
     tcp: TcpStream,
-    config: Arc<ServerConfig>,
+    config: Option<Arc<ServerConfig>>,
 ) -> anyhow::Result<()> {
-    let conn = ServerConnection::new(config).context("creating the rustls connection")?;
-    let mut io = HttpReader::new(StreamOwned::new(conn, tcp));
+    let stream = match config {
+        Some(config) => {
+            let conn = ServerConnection::new(config).context("creating the rustls connection")?;
+            Tls::Tls(Box::new(StreamOwned::new(conn, tcp)))
+        }
+        None => Tls::Plain(tcp),
+    };
+    let mut io = HttpReader::new(stream);
     let mut index_on_connection = 0;
     loop {
         let Some(raw) = io.read_until(b"\r\n\r\n", MAX_HEAD)? else {
@@ -673,16 +741,16 @@ fn serve_connection(
         let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
         let (reply, scenario, stream) = route(&head, &body, seq);
 
-        let tls = &io.get_mut().conn;
+        let tls = io.get_mut().tls();
         let record = RequestRecord {
             connection: conn_idx,
             index_on_connection,
-            sni: tls.server_name().map(str::to_owned),
+            sni: tls.and_then(|t| t.server_name()).map(str::to_owned),
             alpn: tls
-                .alpn_protocol()
+                .and_then(|t| t.alpn_protocol())
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
             tls_version: tls
-                .protocol_version()
+                .and_then(|t| t.protocol_version())
                 .map(|v| format!("{v:?}"))
                 .unwrap_or_default(),
             method: head.method.clone(),
@@ -743,7 +811,7 @@ fn serve_connection(
             Outcome::Disconnected => return Ok(()),
             _ if close => {
                 let out = io.get_mut();
-                out.conn.send_close_notify();
+                out.send_close_notify();
                 let _ = out.flush();
                 return Ok(());
             }
@@ -808,6 +876,11 @@ fn route(head: &Head, body: &[u8], seq: u64) -> (Reply, Scenario, bool) {
         ("POST", "/v1/embeddings", _) => openai::handle(&ctx, openai::Api::Embeddings, &parsed),
         ("POST", "/v1/responses", _) => openai::handle(&ctx, openai::Api::Responses, &parsed),
         ("POST", "/v1/messages", _) => anthropic::handle(&ctx, &parsed),
+        ("POST", "/api/chat", _) => {
+            // Ollama streams unless told not to.
+            ctx.stream = json.get("stream").and_then(Value::as_bool) != Some(false);
+            ollama::handle(&ctx, &parsed)
+        }
         ("POST", _, Some((_, "generateContent"))) => gemini::handle(&ctx, &parsed),
         ("POST", _, Some((_, "streamGenerateContent"))) => {
             let sse = query.split('&').any(|p| p == "alt=sse");
@@ -946,7 +1019,7 @@ fn end_stream(out: &mut Tls, enc: &mut Encoder, progress: &mut Progress) {
 
 /// Cuts the connection without `close_notify`.
 fn abort(out: &Tls) -> Outcome {
-    let _ = out.sock.shutdown(Shutdown::Both);
+    let _ = out.tcp().shutdown(Shutdown::Both);
     Outcome::Disconnected
 }
 

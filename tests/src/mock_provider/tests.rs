@@ -944,3 +944,59 @@ fn real_sdks_against_the_mock() {
         assert!(report.calls.iter().any(|c| c.api == api), "{api}");
     }
 }
+
+/// One request on a fresh plaintext connection that the mock closes after answering.
+fn plaintext_exchange(mock: &MockProvider, body: &Value) -> String {
+    let mut tcp = TcpStream::connect(mock.addr()).expect("connect");
+    let body = body.to_string();
+    write!(
+        tcp,
+        "POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).expect("read to the end");
+    out
+}
+
+#[test]
+fn ollama_chat_over_plaintext_streams_ndjson_by_default() {
+    let mock = MockProvider::start_plaintext().expect("start");
+    let messages = json!([{"role": "user", "content": "twelve chars"}]);
+    let streamed = plaintext_exchange(
+        &mock,
+        &json!({"model": "llama3.2-chunks3", "messages": messages}),
+    );
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(streamed.contains("application/x-ndjson"), "{streamed}");
+    assert_eq!(streamed.matches("\"done\":false").count(), 3, "{streamed}");
+    assert!(
+        streamed.contains("\"done\":true,\"done_reason\":\"stop\""),
+        "{streamed}"
+    );
+    assert!(
+        streamed.contains("\"prompt_eval_count\":3,\"eval_count\":3"),
+        "{streamed}"
+    );
+
+    let whole = plaintext_exchange(
+        &mock,
+        &json!({"model": "llama3.2-chunks2", "messages": messages, "stream": false}),
+    );
+    let body = whole.split("\r\n\r\n").nth(1).expect("a body");
+    let v: Value = serde_json::from_str(body).expect("one JSON object");
+    assert_eq!(v["done"], true);
+    assert_eq!(v["message"]["content"], "Hello from");
+    assert_eq!(
+        (v["prompt_eval_count"].as_u64(), v["eval_count"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let records = mock.wait_requests(2, WAIT);
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.sni.is_none() && r.tls_version.is_empty())
+    );
+}
