@@ -111,8 +111,11 @@ fn chown(path: &Path) {
 /// client's pid after checking that it used that copy.
 fn call_as_nobody(mock: &MockProvider, libs: &PrivateLibs, model: &str) -> u32 {
     const CLIENT: &str = r#"
-import http.client, json, os, ssl, sys
+import http.client, json, os, ssl, sys, time
 port, model = int(sys.argv[1]), sys.argv[2]
+# `import ssl` loaded the private libssl; the agent hooks it when the loader reports the load
+# (a rescan of this pid). Calls made before that are missed by design, so give it a moment.
+time.sleep(1.0)
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
