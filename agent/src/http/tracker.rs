@@ -673,13 +673,6 @@ impl Sink<'_, '_> {
         self.ex.role.is_some_and(|(_, d)| d == self.dir)
     }
 
-    fn undecodable(stats: &mut HttpStats, error: &DecodeError) {
-        stats.bodies_undecodable += 1;
-        if matches!(error, DecodeError::Capped(_)) {
-            stats.decompression_capped += 1;
-        }
-    }
-
     fn request_head(&mut self, method: &str, target: &str, head: &Head<'_, '_>) -> bool {
         match self.ex.role {
             Some((_, d)) if d != self.dir => return false,
@@ -697,7 +690,7 @@ impl Sink<'_, '_> {
         let decoder = BodyDecoder::new(body_coding(head), self.ctx.config.max_decoded_body);
         let undecodable = match decoder.failure() {
             Some(e) if has_body(head.framing) => {
-                Self::undecodable(self.ctx.stats, e);
+                count_undecodable(self.ctx.stats, e);
                 true
             }
             _ => false,
@@ -799,7 +792,7 @@ impl Sink<'_, '_> {
         let decoder = BodyDecoder::new(body_coding(head), self.ctx.config.max_decoded_body);
         let undecodable = match decoder.failure() {
             Some(e) if has_body(head.framing) => {
-                Self::undecodable(self.ctx.stats, e);
+                count_undecodable(self.ctx.stats, e);
                 true
             }
             _ => false,
@@ -842,7 +835,7 @@ impl Sink<'_, '_> {
             let result = build.decoder.finish(scratch, &mut |d| sparse.push(d));
             stats.decoded_bytes += build.decoder.produced() - before;
             if let Err(e) = result {
-                Self::undecodable(stats, &e);
+                count_undecodable(stats, &e);
                 build.undecodable = true;
             }
         }
@@ -893,29 +886,6 @@ impl Sink<'_, '_> {
         let Some(exchange) = build.exchange else {
             return;
         };
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
-        let conn = *key;
-        if !build.undecodable && end != ResponseEnd::Interrupted {
-            let before = build.decoder.produced();
-            let result = build.decoder.finish(scratch, &mut |data| {
-                emit(HttpEvent::ResponseBody {
-                    conn,
-                    exchange,
-                    data,
-                    ktime_ns: ktime,
-                });
-            });
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                Self::undecodable(stats, &e);
-            }
-        }
         // Where decoding stopped depends on how the body was cut into records; its coded size
         // does not, so that is what the gap reports (the decoded size is unknowable).
         let gap = if build.undecodable {
@@ -923,22 +893,15 @@ impl Sink<'_, '_> {
         } else {
             build.lost
         };
-        if gap > 0 {
-            emit(HttpEvent::ResponseGap {
-                conn,
-                exchange,
-                len: gap,
-            });
-        }
-        if end == ResponseEnd::Interrupted {
-            stats.interrupted += 1;
-        }
-        emit(HttpEvent::ResponseEnd {
-            conn,
+        end_response(
+            self.ctx,
             exchange,
+            &mut build.decoder,
+            build.undecodable,
+            gap,
             end,
-            ktime_ns: ktime,
-        });
+            ktime,
+        );
     }
 
     /// Ends whatever is open: the response (close-delimited or interrupted), the request in
@@ -995,7 +958,7 @@ impl MessageSink for Sink<'_, '_> {
             let result = build.decoder.push(data, scratch, &mut |d| sparse.push(d));
             stats.decoded_bytes += build.decoder.produced() - before;
             if let Err(e) = result {
-                Self::undecodable(stats, &e);
+                count_undecodable(stats, &e);
                 build.undecodable = true;
             }
             return;
@@ -1030,7 +993,7 @@ impl MessageSink for Sink<'_, '_> {
         });
         stats.decoded_bytes += build.decoder.produced() - before;
         if let Err(e) = result {
-            Self::undecodable(stats, &e);
+            count_undecodable(stats, &e);
             build.undecodable = true;
         }
     }
@@ -1048,7 +1011,7 @@ impl MessageSink for Sink<'_, '_> {
             match build.decoder.gap() {
                 Ok(()) => build.sparse.gap(len),
                 Err(e) => {
-                    Self::undecodable(self.ctx.stats, &e);
+                    count_undecodable(self.ctx.stats, &e);
                     build.undecodable = true;
                 }
             }
@@ -1071,7 +1034,7 @@ impl MessageSink for Sink<'_, '_> {
                 len,
             }),
             Err(e) => {
-                Self::undecodable(self.ctx.stats, &e);
+                count_undecodable(self.ctx.stats, &e);
                 build.undecodable = true;
             }
         }
@@ -1135,6 +1098,67 @@ impl MessageSink for Sink<'_, '_> {
     fn http_seen(&self) -> bool {
         self.ex.http_seen
     }
+}
+
+/// Counts a body that could not be decoded (and whether a decompression cap stopped it).
+pub(super) fn count_undecodable(stats: &mut HttpStats, error: &DecodeError) {
+    stats.bodies_undecodable += 1;
+    if matches!(error, DecodeError::Capped(_)) {
+        stats.decompression_capped += 1;
+    }
+}
+
+/// Ends a response, for HTTP/1 and HTTP/2 alike: flushes the body decoder (unless decoding
+/// failed or the response was cut), reports `gap` body bytes that cannot be shown, and emits
+/// the end.
+pub(super) fn end_response(
+    ctx: &mut Ctx<'_>,
+    exchange: u64,
+    decoder: &mut BodyDecoder,
+    undecodable: bool,
+    gap: u64,
+    end: ResponseEnd,
+    ktime: u64,
+) {
+    let Ctx {
+        key,
+        stats,
+        scratch,
+        emit,
+        ..
+    } = ctx;
+    let conn = *key;
+    if !undecodable && end != ResponseEnd::Interrupted {
+        let before = decoder.produced();
+        let result = decoder.finish(scratch, &mut |data| {
+            emit(HttpEvent::ResponseBody {
+                conn,
+                exchange,
+                data,
+                ktime_ns: ktime,
+            });
+        });
+        stats.decoded_bytes += decoder.produced() - before;
+        if let Err(e) = result {
+            count_undecodable(stats, &e);
+        }
+    }
+    if gap > 0 {
+        emit(HttpEvent::ResponseGap {
+            conn,
+            exchange,
+            len: gap,
+        });
+    }
+    if end == ResponseEnd::Interrupted {
+        stats.interrupted += 1;
+    }
+    emit(HttpEvent::ResponseEnd {
+        conn,
+        exchange,
+        end,
+        ktime_ns: ktime,
+    });
 }
 
 #[cfg(test)]

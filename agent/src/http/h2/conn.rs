@@ -37,9 +37,9 @@ use super::{
     hpack::{HpackDecoder, HpackError},
 };
 use crate::http::{
-    body_decoder::{BodyDecoder, DecodeError, coding_of},
+    body_decoder::{BodyDecoder, coding_of},
     sparse::SparseBuilder,
-    tracker::Ctx,
+    tracker::{Ctx, count_undecodable, end_response},
     types::{
         Headers, HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody, redact_query,
     },
@@ -594,45 +594,21 @@ impl Sink<'_, '_> {
         end: ResponseEnd,
         ktime: u64,
     ) {
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
-        let conn = *key;
-        if !build.undecodable && end != ResponseEnd::Interrupted {
-            let before = build.decoder.produced();
-            let result = build.decoder.finish(scratch, &mut |data| {
-                emit(HttpEvent::ResponseBody {
-                    conn,
-                    exchange,
-                    data,
-                    ktime_ns: ktime,
-                });
-            });
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-            }
-        }
-        if build.undecodable && build.encoded_len > 0 {
-            emit(HttpEvent::ResponseGap {
-                conn,
-                exchange,
-                len: build.encoded_len,
-            });
-        }
-        if end == ResponseEnd::Interrupted {
-            stats.interrupted += 1;
-        }
-        emit(HttpEvent::ResponseEnd {
-            conn,
+        // HTTP/2 frames carry their lengths: only an undecodable body leaves a gap.
+        let gap = if build.undecodable {
+            build.encoded_len
+        } else {
+            0
+        };
+        end_response(
+            self.ctx,
             exchange,
+            &mut build.decoder,
+            build.undecodable,
+            gap,
             end,
-            ktime_ns: ktime,
-        });
+            ktime,
+        );
     }
 }
 
@@ -641,13 +617,6 @@ impl Stream {
         if let Some(r) = self.request.request.as_mut() {
             r.wire_len += len;
         }
-    }
-}
-
-fn count_undecodable(stats: &mut crate::http::HttpStats, error: &DecodeError) {
-    stats.bodies_undecodable += 1;
-    if matches!(error, DecodeError::Capped(_)) {
-        stats.decompression_capped += 1;
     }
 }
 
