@@ -13,6 +13,7 @@
 //! `proxy-authorization`, `x-api-key`, `api-key`, `x-goog-api-key`, `cookie`, `set-cookie` when
 //! a head is parsed, and [`redact_query`] removes key-like query parameters from targets.
 
+mod body;
 mod body_decoder;
 mod chunked;
 mod h2;

@@ -45,10 +45,10 @@ use std::collections::{HashMap, VecDeque};
 use tokentap_common::Direction;
 
 use super::{
-    body_decoder::{BodyDecoder, DecodeError, coding_of},
+    body::{RequestBody, ResponseBody},
+    body_decoder::{Coding, DecodeError, coding_of},
     h2::{self, conn::H2Conn},
     parser::{BodyFraming, DirParser, Head, MessageSink, ParseError, ResponseContext, StartLine},
-    sparse::SparseBuilder,
     types::{
         Headers, HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody, redact_query,
     },
@@ -226,11 +226,8 @@ struct RequestBuild {
     exchange: u64,
     /// Taken when the request is emitted; the rest of its body is then only counted.
     request: Option<HttpRequest>,
-    sparse: SparseBuilder,
-    decoder: BodyDecoder,
-    undecodable: bool,
-    /// Body bytes after de-chunking, still content-coded, gaps included.
-    encoded_len: u64,
+    body: RequestBody,
+    /// Declared body length (for the wire length of a request cut short).
     content_length: Option<u64>,
     start_pos: u64,
     head_len: u64,
@@ -240,27 +237,18 @@ struct RequestBuild {
 struct ResponseBuild {
     /// `None` for an interim or orphan response: consumed without events.
     exchange: Option<u64>,
-    decoder: BodyDecoder,
-    /// Decoding failed: the rest of the body is reported as one gap before its end.
-    undecodable: bool,
+    body: ResponseBody,
     close_delimited: bool,
     last_ktime: u64,
-    /// Body bytes after de-chunking, still content-coded, gaps included.
-    encoded_len: u64,
-    /// Bytes lost with the framing (reported as a gap before the end).
-    lost: u64,
 }
 
 impl ResponseBuild {
     fn silent(ktime: u64) -> Self {
         Self {
             exchange: None,
-            decoder: BodyDecoder::new(Ok(super::body_decoder::Coding::Identity), 0),
-            undecodable: false,
+            body: ResponseBody::silent(),
             close_delimited: false,
             last_ktime: ktime,
-            encoded_len: 0,
-            lost: 0,
         }
     }
 }
@@ -636,7 +624,7 @@ fn role_of(request_dir: Direction) -> Role {
 
 /// The body's coding: `Content-Encoding`; a transfer coding other than chunked is not
 /// supported (it is all but unused).
-fn body_coding(head: &Head<'_, '_>) -> Result<super::body_decoder::Coding, DecodeError> {
+fn body_coding(head: &Head<'_, '_>) -> Result<Coding, DecodeError> {
     if head.transfer_coded {
         return Err(DecodeError::Unsupported);
     }
@@ -687,14 +675,16 @@ impl Sink<'_, '_> {
         }
         let exchange = self.ex.next_exchange;
         self.ex.next_exchange += 1;
-        let decoder = BodyDecoder::new(body_coding(head), self.ctx.config.max_decoded_body);
-        let undecodable = match decoder.failure() {
-            Some(e) if has_body(head.framing) => {
-                count_undecodable(self.ctx.stats, e);
-                true
-            }
-            _ => false,
+        let content_length = match head.framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
         };
+        let body = RequestBody::new(
+            body_coding(head),
+            has_body(head.framing),
+            content_length,
+            self.ctx,
+        );
         self.ex.request = Some(Box::new(RequestBuild {
             exchange,
             request: Some(HttpRequest {
@@ -706,17 +696,8 @@ impl Sink<'_, '_> {
                 start_ktime_ns: head.start_ktime,
                 end_ktime_ns: head.end_ktime,
             }),
-            sparse: SparseBuilder::new(
-                self.ctx.config.body_head_limit,
-                self.ctx.config.body_tail_limit,
-            ),
-            decoder,
-            undecodable,
-            encoded_len: 0,
-            content_length: match head.framing {
-                BodyFraming::Length(n) => Some(n),
-                _ => None,
-            },
+            body,
+            content_length,
             start_pos: head.start_pos,
             head_len: head.head_len,
             last_ktime: head.end_ktime,
@@ -789,22 +770,12 @@ impl Sink<'_, '_> {
             self.ex.stop = true;
             return true;
         }
-        let decoder = BodyDecoder::new(body_coding(head), self.ctx.config.max_decoded_body);
-        let undecodable = match decoder.failure() {
-            Some(e) if has_body(head.framing) => {
-                count_undecodable(self.ctx.stats, e);
-                true
-            }
-            _ => false,
-        };
+        let body = ResponseBody::new(body_coding(head), has_body(head.framing), self.ctx);
         self.ex.response = Some(ResponseBuild {
             exchange: Some(exchange),
-            decoder,
-            undecodable,
+            body,
             close_delimited: head.framing == BodyFraming::Close,
             last_ktime: head.end_ktime,
-            encoded_len: 0,
-            lost: 0,
         });
         true
     }
@@ -822,43 +793,12 @@ impl Sink<'_, '_> {
         let Some(mut request) = build.request.take() else {
             return;
         };
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
-        if complete && !build.undecodable {
-            let before = build.decoder.produced();
-            let sparse = &mut build.sparse;
-            let result = build.decoder.finish(scratch, &mut |d| sparse.push(d));
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-                build.undecodable = true;
-            }
-        }
-        let sparse = std::mem::replace(&mut build.sparse, SparseBuilder::new(0, 0));
-        let identity = build.decoder.is_identity();
-        let total = if build.undecodable {
-            // Decoded length unknown: the coded length is what can be told.
-            Some(build.encoded_len.max(build.content_length.unwrap_or(0)))
-        } else if !complete && identity {
-            // Cut short: Content-Length still says how much there was to be.
-            build.content_length
-        } else {
-            None
-        };
-        // A body cut short whose full size cannot be told (chunked, or content-coded) must
-        // not pass for complete.
-        let unknown_rest = !complete && (build.content_length.is_none() || !identity);
-        request.body = sparse.finish(total, build.undecodable || unknown_rest);
+        request.body = build.body.finish(complete, self.ctx);
         request.wire_len = wire_len;
         request.end_ktime_ns = build.last_ktime;
-        stats.requests += 1;
-        emit(HttpEvent::Request {
-            conn: *key,
+        self.ctx.stats.requests += 1;
+        (self.ctx.emit)(HttpEvent::Request {
+            conn: self.ctx.key,
             exchange: build.exchange,
             role: self.ex.role.map_or(Role::Client, |(r, _)| r),
             request: &request,
@@ -883,25 +823,9 @@ impl Sink<'_, '_> {
     }
 
     fn finish_response(&mut self, mut build: ResponseBuild, end: ResponseEnd, ktime: u64) {
-        let Some(exchange) = build.exchange else {
-            return;
-        };
-        // Where decoding stopped depends on how the body was cut into records; its coded size
-        // does not, so that is what the gap reports (the decoded size is unknowable).
-        let gap = if build.undecodable {
-            build.encoded_len
-        } else {
-            build.lost
-        };
-        end_response(
-            self.ctx,
-            exchange,
-            &mut build.decoder,
-            build.undecodable,
-            gap,
-            end,
-            ktime,
-        );
+        if let Some(exchange) = build.exchange {
+            build.body.end(exchange, end, ktime, self.ctx);
+        }
     }
 
     /// Ends whatever is open: the response (close-delimited or interrupted), the request in
@@ -944,99 +868,26 @@ impl MessageSink for Sink<'_, '_> {
 
     fn body(&mut self, data: &[u8], ktime: u64) {
         if self.is_request_dir() {
-            let Some(build) = self.ex.request.as_mut() else {
-                return;
-            };
+            if let Some(build) = self.ex.request.as_mut() {
+                build.last_ktime = ktime;
+                let keep = build.request.is_some();
+                build.body.push(data, keep, self.ctx);
+            }
+        } else if let Some(build) = self.ex.response.as_mut() {
             build.last_ktime = ktime;
-            build.encoded_len = build.encoded_len.saturating_add(data.len() as u64);
-            if build.request.is_none() || build.undecodable {
-                return;
-            }
-            let Ctx { stats, scratch, .. } = &mut *self.ctx;
-            let before = build.decoder.produced();
-            let sparse = &mut build.sparse;
-            let result = build.decoder.push(data, scratch, &mut |d| sparse.push(d));
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-                build.undecodable = true;
-            }
-            return;
-        }
-        let Some(build) = self.ex.response.as_mut() else {
-            return;
-        };
-        build.last_ktime = ktime;
-        build.encoded_len = build.encoded_len.saturating_add(data.len() as u64);
-        let Some(exchange) = build.exchange else {
-            return;
-        };
-        if build.undecodable {
-            return;
-        }
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
-        let conn = *key;
-        let before = build.decoder.produced();
-        let result = build.decoder.push(data, scratch, &mut |data| {
-            emit(HttpEvent::ResponseBody {
-                conn,
-                exchange,
-                data,
-                ktime_ns: ktime,
-            });
-        });
-        stats.decoded_bytes += build.decoder.produced() - before;
-        if let Err(e) = result {
-            count_undecodable(stats, &e);
-            build.undecodable = true;
+            build.body.push(data, build.exchange, ktime, self.ctx);
         }
     }
 
     fn body_gap(&mut self, len: u64) {
         self.ctx.stats.body_gap_bytes = self.ctx.stats.body_gap_bytes.saturating_add(len);
         if self.is_request_dir() {
-            let Some(build) = self.ex.request.as_mut() else {
-                return;
-            };
-            build.encoded_len = build.encoded_len.saturating_add(len);
-            if build.request.is_none() || build.undecodable {
-                return;
+            if let Some(build) = self.ex.request.as_mut() {
+                let keep = build.request.is_some();
+                build.body.gap(len, keep, self.ctx.stats);
             }
-            match build.decoder.gap() {
-                Ok(()) => build.sparse.gap(len),
-                Err(e) => {
-                    count_undecodable(self.ctx.stats, &e);
-                    build.undecodable = true;
-                }
-            }
-            return;
-        }
-        let Some(build) = self.ex.response.as_mut() else {
-            return;
-        };
-        build.encoded_len = build.encoded_len.saturating_add(len);
-        let Some(exchange) = build.exchange else {
-            return;
-        };
-        if build.undecodable {
-            return;
-        }
-        match build.decoder.gap() {
-            Ok(()) => (self.ctx.emit)(HttpEvent::ResponseGap {
-                conn: self.ctx.key,
-                exchange,
-                len,
-            }),
-            Err(e) => {
-                count_undecodable(self.ctx.stats, &e);
-                build.undecodable = true;
-            }
+        } else if let Some(build) = self.ex.response.as_mut() {
+            build.body.gap(len, build.exchange, self.ctx);
         }
     }
 
@@ -1055,24 +906,14 @@ impl MessageSink for Sink<'_, '_> {
         self.ctx.stats.framing_lost += 1;
         if self.is_request_dir() {
             if let Some(mut build) = self.ex.request.take() {
-                if build.request.is_some() && !build.undecodable {
-                    self.ctx.stats.bodies_undecodable += 1;
-                }
-                build.undecodable = true;
-                build.sparse.gap(gap);
-                build.encoded_len = build.encoded_len.saturating_add(gap);
+                let keep = build.request.is_some();
+                build.body.lose(gap, keep, self.ctx.stats);
                 self.emit_request(&mut build, wire_len, false);
             }
         } else if let Some(mut build) = self.ex.response.take() {
-            if build.exchange.is_some() && !build.undecodable {
-                self.ctx.stats.bodies_undecodable += 1;
-            }
-            build.encoded_len = build.encoded_len.saturating_add(gap);
-            if build.decoder.is_identity() {
-                build.lost = gap;
-            } else {
-                build.undecodable = true;
-            }
+            build
+                .body
+                .lose(gap, build.exchange.is_some(), self.ctx.stats);
             let ktime = build.last_ktime.max(ktime);
             self.finish_response(build, ResponseEnd::Interrupted, ktime);
         }
@@ -1098,67 +939,6 @@ impl MessageSink for Sink<'_, '_> {
     fn http_seen(&self) -> bool {
         self.ex.http_seen
     }
-}
-
-/// Counts a body that could not be decoded (and whether a decompression cap stopped it).
-pub(super) fn count_undecodable(stats: &mut HttpStats, error: &DecodeError) {
-    stats.bodies_undecodable += 1;
-    if matches!(error, DecodeError::Capped(_)) {
-        stats.decompression_capped += 1;
-    }
-}
-
-/// Ends a response, for HTTP/1 and HTTP/2 alike: flushes the body decoder (unless decoding
-/// failed or the response was cut), reports `gap` body bytes that cannot be shown, and emits
-/// the end.
-pub(super) fn end_response(
-    ctx: &mut Ctx<'_>,
-    exchange: u64,
-    decoder: &mut BodyDecoder,
-    undecodable: bool,
-    gap: u64,
-    end: ResponseEnd,
-    ktime: u64,
-) {
-    let Ctx {
-        key,
-        stats,
-        scratch,
-        emit,
-        ..
-    } = ctx;
-    let conn = *key;
-    if !undecodable && end != ResponseEnd::Interrupted {
-        let before = decoder.produced();
-        let result = decoder.finish(scratch, &mut |data| {
-            emit(HttpEvent::ResponseBody {
-                conn,
-                exchange,
-                data,
-                ktime_ns: ktime,
-            });
-        });
-        stats.decoded_bytes += decoder.produced() - before;
-        if let Err(e) = result {
-            count_undecodable(stats, &e);
-        }
-    }
-    if gap > 0 {
-        emit(HttpEvent::ResponseGap {
-            conn,
-            exchange,
-            len: gap,
-        });
-    }
-    if end == ResponseEnd::Interrupted {
-        stats.interrupted += 1;
-    }
-    emit(HttpEvent::ResponseEnd {
-        conn,
-        exchange,
-        end,
-        ktime_ns: ktime,
-    });
 }
 
 #[cfg(test)]

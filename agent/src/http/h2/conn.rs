@@ -37,9 +37,9 @@ use super::{
     hpack::{HpackDecoder, HpackError},
 };
 use crate::http::{
-    body_decoder::{BodyDecoder, coding_of},
-    sparse::SparseBuilder,
-    tracker::{Ctx, count_undecodable, end_response},
+    body::{RequestBody, ResponseBody},
+    body_decoder::{Coding, DecodeError, coding_of},
+    tracker::Ctx,
     types::{
         Headers, HttpEvent, HttpRequest, ResponseEnd, ResponseHead, Role, SparseBody, redact_query,
     },
@@ -108,19 +108,12 @@ struct Stream {
 struct RequestBuild {
     /// Taken when emitted.
     request: Option<HttpRequest>,
-    sparse: SparseBuilder,
-    decoder: BodyDecoder,
-    undecodable: bool,
-    /// Body bytes as sent (content-coded), gaps included.
-    encoded_len: u64,
-    content_length: Option<u64>,
+    body: RequestBody,
 }
 
 #[derive(Debug)]
 struct ResponseBuild {
-    decoder: BodyDecoder,
-    undecodable: bool,
-    encoded_len: u64,
+    body: ResponseBody,
     last_ktime: u64,
 }
 
@@ -424,8 +417,13 @@ impl Sink<'_, '_> {
         self.state.next_exchange += 1;
         let target = fields.pseudo(":path").unwrap_or("/");
         let headers = fields.headers();
-        let (decoder, undecodable) = body_decoder(&headers, !block.end_stream, self.ctx);
         let content_length = headers.get("content-length").and_then(|v| v.parse().ok());
+        let body = RequestBody::new(
+            body_coding(&headers),
+            !block.end_stream,
+            content_length,
+            self.ctx,
+        );
         let stream = Stream {
             exchange,
             request: RequestBuild {
@@ -438,14 +436,7 @@ impl Sink<'_, '_> {
                     start_ktime_ns: block.start_ktime,
                     end_ktime_ns: ktime,
                 }),
-                sparse: SparseBuilder::new(
-                    self.ctx.config.body_head_limit,
-                    self.ctx.config.body_tail_limit,
-                ),
-                decoder,
-                undecodable,
-                encoded_len: 0,
-                content_length,
+                body,
             },
             request_emitted: false,
             response: None,
@@ -488,7 +479,7 @@ impl Sink<'_, '_> {
             self.state.streams.insert(block.stream, stream);
         }
         let headers = fields.headers();
-        let (decoder, failed) = body_decoder(&headers, !block.end_stream, self.ctx);
+        let body = ResponseBody::new(body_coding(&headers), !block.end_stream, self.ctx);
         self.ctx.stats.responses += 1;
         let head = ResponseHead {
             status,
@@ -502,9 +493,7 @@ impl Sink<'_, '_> {
         });
         if let Some(stream) = self.state.streams.get_mut(&block.stream) {
             stream.response = Some(ResponseBuild {
-                decoder,
-                undecodable: failed,
-                encoded_len: 0,
+                body,
                 last_ktime: ktime,
             });
         }
@@ -550,37 +539,10 @@ impl Sink<'_, '_> {
             return;
         };
         stream.request_emitted = true;
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
-        if complete && !build.undecodable {
-            let before = build.decoder.produced();
-            let sparse = &mut build.sparse;
-            let result = build.decoder.finish(scratch, &mut |d| sparse.push(d));
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-                build.undecodable = true;
-            }
-        }
-        let sparse = std::mem::replace(&mut build.sparse, SparseBuilder::new(0, 0));
-        let identity = build.decoder.is_identity();
-        let total = if build.undecodable {
-            Some(build.encoded_len.max(build.content_length.unwrap_or(0)))
-        } else if !complete && identity {
-            build.content_length
-        } else {
-            None
-        };
-        let unknown_rest = !complete && (build.content_length.is_none() || !identity);
-        request.body = sparse.finish(total, build.undecodable || unknown_rest);
-        stats.requests += 1;
-        emit(HttpEvent::Request {
-            conn: *key,
+        request.body = build.body.finish(complete, self.ctx);
+        self.ctx.stats.requests += 1;
+        (self.ctx.emit)(HttpEvent::Request {
+            conn: self.ctx.key,
             exchange: stream.exchange,
             role: self.role,
             request: &request,
@@ -595,20 +557,7 @@ impl Sink<'_, '_> {
         ktime: u64,
     ) {
         // HTTP/2 frames carry their lengths: only an undecodable body leaves a gap.
-        let gap = if build.undecodable {
-            build.encoded_len
-        } else {
-            0
-        };
-        end_response(
-            self.ctx,
-            exchange,
-            &mut build.decoder,
-            build.undecodable,
-            gap,
-            end,
-            ktime,
-        );
+        build.body.end(exchange, end, ktime, self.ctx);
     }
 }
 
@@ -620,24 +569,14 @@ impl Stream {
     }
 }
 
-/// The decoder for a body with these headers' Content-Encoding, and whether it has already
-/// failed (an unsupported coding, counted when a body may follow).
-fn body_decoder(headers: &Headers, may_have_body: bool, ctx: &mut Ctx<'_>) -> (BodyDecoder, bool) {
-    let coding = coding_of(
+/// The content coding these headers declare.
+fn body_coding(headers: &Headers) -> Result<Coding, DecodeError> {
+    coding_of(
         headers
             .iter()
             .filter(|(n, _)| *n == "content-encoding")
             .map(|(_, v)| v.as_bytes()),
-    );
-    let decoder = BodyDecoder::new(coding, ctx.config.max_decoded_body);
-    let failed = match decoder.failure() {
-        Some(e) if may_have_body => {
-            count_undecodable(ctx.stats, e);
-            true
-        }
-        _ => false,
-    };
-    (decoder, failed)
+    )
 }
 
 /// The header block fragment of a HEADERS or PUSH_PROMISE payload: padding, priority and
@@ -733,52 +672,14 @@ impl FrameSink for Sink<'_, '_> {
         let Some(stream) = self.state.streams.get_mut(&header.stream) else {
             return;
         };
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = &mut *self.ctx;
         if request_dir {
-            let build = &mut stream.request;
-            build.encoded_len += data.len() as u64;
-            if build.request.is_none() || build.undecodable {
-                return;
-            }
-            let before = build.decoder.produced();
-            let sparse = &mut build.sparse;
-            let result = build.decoder.push(data, scratch, &mut |d| sparse.push(d));
-            stats.decoded_bytes += build.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-                build.undecodable = true;
-            }
-            return;
-        }
-        let exchange = stream.exchange;
-        let Some(build) = stream.response.as_mut() else {
-            return;
-        };
-        build.last_ktime = ktime;
-        build.encoded_len += data.len() as u64;
-        if build.undecodable {
-            return;
-        }
-        let conn = *key;
-        let before = build.decoder.produced();
-        let result = build.decoder.push(data, scratch, &mut |data| {
-            emit(HttpEvent::ResponseBody {
-                conn,
-                exchange,
-                data,
-                ktime_ns: ktime,
-            });
-        });
-        stats.decoded_bytes += build.decoder.produced() - before;
-        if let Err(e) = result {
-            count_undecodable(stats, &e);
-            build.undecodable = true;
+            let keep = stream.request.request.is_some();
+            stream.request.body.push(data, keep, self.ctx);
+        } else if let Some(build) = stream.response.as_mut() {
+            build.last_ktime = ktime;
+            build
+                .body
+                .push(data, Some(stream.exchange), ktime, self.ctx);
         }
     }
 
@@ -789,38 +690,10 @@ impl FrameSink for Sink<'_, '_> {
             return;
         };
         if request_dir {
-            let build = &mut stream.request;
-            build.encoded_len += len;
-            if build.request.is_none() || build.undecodable {
-                return;
-            }
-            match build.decoder.gap() {
-                Ok(()) => build.sparse.gap(len),
-                Err(e) => {
-                    count_undecodable(self.ctx.stats, &e);
-                    build.undecodable = true;
-                }
-            }
-            return;
-        }
-        let exchange = stream.exchange;
-        let Some(build) = stream.response.as_mut() else {
-            return;
-        };
-        build.encoded_len += len;
-        if build.undecodable {
-            return;
-        }
-        match build.decoder.gap() {
-            Ok(()) => (self.ctx.emit)(HttpEvent::ResponseGap {
-                conn: self.ctx.key,
-                exchange,
-                len,
-            }),
-            Err(e) => {
-                count_undecodable(self.ctx.stats, &e);
-                build.undecodable = true;
-            }
+            let keep = stream.request.request.is_some();
+            stream.request.body.gap(len, keep, self.ctx.stats);
+        } else if let Some(build) = stream.response.as_mut() {
+            build.body.gap(len, Some(stream.exchange), self.ctx);
         }
     }
 
