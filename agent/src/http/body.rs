@@ -191,9 +191,20 @@ impl ResponseBody {
         let Some(exchange) = exchange else {
             return;
         };
-        if self.undecodable {
-            return;
+        if !self.undecodable && !self.decode(Some(data), exchange, ktime, ctx) {
+            self.undecodable = true;
         }
+    }
+
+    /// Decodes `data` (`None`: the decoder's last bytes) into body events of `exchange`;
+    /// false, and counted, when decoding failed.
+    fn decode(
+        &mut self,
+        data: Option<&[u8]>,
+        exchange: u64,
+        ktime: u64,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
         let Ctx {
             key,
             stats,
@@ -202,19 +213,26 @@ impl ResponseBody {
             ..
         } = ctx;
         let conn = *key;
-        let before = self.decoder.produced();
-        let result = self.decoder.push(data, scratch, &mut |data| {
+        let mut out = |data: &[u8]| {
             emit(HttpEvent::ResponseBody {
                 conn,
                 exchange,
                 data,
                 ktime_ns: ktime,
             });
-        });
+        };
+        let before = self.decoder.produced();
+        let result = match data {
+            Some(data) => self.decoder.push(data, scratch, &mut out),
+            None => self.decoder.finish(scratch, &mut out),
+        };
         stats.decoded_bytes += self.decoder.produced() - before;
-        if let Err(e) = result {
-            count_undecodable(stats, &e);
-            self.undecodable = true;
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                count_undecodable(stats, &e);
+                false
+            }
         }
     }
 
@@ -258,29 +276,6 @@ impl ResponseBody {
     /// response was cut), reports the body bytes that cannot be shown as one gap, and emits
     /// the end.
     pub(super) fn end(&mut self, exchange: u64, end: ResponseEnd, ktime: u64, ctx: &mut Ctx<'_>) {
-        let Ctx {
-            key,
-            stats,
-            scratch,
-            emit,
-            ..
-        } = ctx;
-        let conn = *key;
-        if !self.undecodable && end != ResponseEnd::Interrupted {
-            let before = self.decoder.produced();
-            let result = self.decoder.finish(scratch, &mut |data| {
-                emit(HttpEvent::ResponseBody {
-                    conn,
-                    exchange,
-                    data,
-                    ktime_ns: ktime,
-                });
-            });
-            stats.decoded_bytes += self.decoder.produced() - before;
-            if let Err(e) = result {
-                count_undecodable(stats, &e);
-            }
-        }
         // Where decoding stopped depends on how the body was cut into records; its coded size
         // does not, so that is what the gap reports (the decoded size is unknowable).
         let gap = if self.undecodable {
@@ -288,6 +283,14 @@ impl ResponseBody {
         } else {
             self.lost
         };
+        if !self.undecodable && end != ResponseEnd::Interrupted {
+            // A failure here (a truncated gzip trailer) is counted; what was decoded stands.
+            self.decode(None, exchange, ktime, ctx);
+        }
+        let Ctx {
+            key, stats, emit, ..
+        } = ctx;
+        let conn = *key;
         if gap > 0 {
             emit(HttpEvent::ResponseGap {
                 conn,
