@@ -154,6 +154,21 @@ impl LibraryFile {
             offsets: Vec::new(),
         })
     }
+
+    /// A file on overlayfs is named by the layer file under it, where the uprobes land, so
+    /// that containers sharing an image layer share one attachment ([`crate::overlay`]).
+    fn named_by_layer(mut self, proc_root: &Path, pid: u32, path: &Path) -> Self {
+        if let Some((dev, inode)) =
+            crate::overlay::layer_file_identity(proc_root, pid, &self.file, path)
+        {
+            log::debug!(
+                "{}: overlay file, layer file is device {dev:#x} inode {inode}",
+                self.display
+            );
+            (self.dev, self.inode) = (dev, inode);
+        }
+        self
+    }
 }
 
 /// Why a mapped library could not be opened safely.
@@ -247,7 +262,8 @@ fn embedded_openssl(
         ),
         None => format!("{} (pid {pid})", m.path.display()),
     };
-    let mut lib = LibraryFile::from_file(LibraryKind::EmbeddedOpenSsl, file, display)?;
+    let mut lib = LibraryFile::from_file(LibraryKind::EmbeddedOpenSsl, file, display)?
+        .named_by_layer(proc_root, pid, &m.path);
     lib.offsets = info.ssl_functions.clone();
     Ok(Some(lib))
 }
@@ -260,7 +276,7 @@ fn open_mapped(
 ) -> Result<LibraryFile, OpenLibraryError> {
     let display = format!("{} (pid {pid})", m.path.display());
     let file = open_mapped_file(proc_root, pid, m)?;
-    Ok(LibraryFile::from_file(kind, file, display)?)
+    Ok(LibraryFile::from_file(kind, file, display)?.named_by_layer(proc_root, pid, &m.path))
 }
 
 /// Opens the file behind a mapping of `pid` without following paths outside its root.
@@ -383,11 +399,12 @@ pub fn process_executable(proc_root: &Path, pid: u32) -> io::Result<LibraryFile>
     let link = proc_root.join(format!("{pid}/exe"));
     let file = File::open(&link)?;
     let path = std::fs::read_link(&link).unwrap_or(link);
-    LibraryFile::from_file(
+    Ok(LibraryFile::from_file(
         LibraryKind::GoExecutable,
         file,
         format!("{} (pid {pid})", path.display()),
-    )
+    )?
+    .named_by_layer(proc_root, pid, &path))
 }
 
 /// An OpenSSL library given on the command line.

@@ -21,6 +21,7 @@ pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod otlp;
+pub mod overlay;
 pub mod pipeline;
 pub mod probes;
 pub mod redact;
