@@ -76,7 +76,7 @@ fn parse_maps_line(line: &str) -> Option<MappedFile> {
 /// What a library file is to tokentap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LibraryKind {
-    /// OpenSSL's libssl: the TLS hooks go here.
+    /// OpenSSL's libssl (or BoringSSL's shared one, same functions): the TLS hooks go here.
     OpenSsl,
     /// glibc's or musl's dynamic loader: `_dl_debug_state` reports library loads.
     DynamicLoader,

@@ -2,6 +2,8 @@
  * An HTTPS client whose OpenSSL is linked in statically (libssl.a, libcrypto.a): the process
  * maps no libssl.so, so tokentap must find SSL_read/SSL_write in this executable's own .symtab
  * (it exports nothing in .dynsym) and attach by file offset.
+ * The same source is also built against Android's BoringSSL as shared libraries
+ * (tests/src/tls_stacks.rs, boringssl_tls_client): it compiles unchanged.
  *
  * Usage: static_tls_client CA_FILE PORT SNI OUT_DIR REQUEST_FILE...
  * Each request file holds one complete HTTP/1.1 request (with "Connection: close"); it is sent

@@ -10,10 +10,11 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     harness::{Agent, http_get, tokentap_bin},
+    mock_provider::MockProvider,
     prom::{self, Sample},
 };
 
@@ -228,39 +229,24 @@ pub struct StaticClient {
 /// `target/static-tls-client/` (once; again when the source changes), plus a stripped copy
 /// and its debug file.
 pub fn static_tls_client() -> anyhow::Result<StaticClient> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let source = root.join("clients/static_tls_client.c");
-    let dir = root.join("../target/static-tls-client");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/static-tls-client");
     std::fs::create_dir_all(&dir)?;
     let bin = dir.join("static_tls_client");
     let stripped = dir.join("static_tls_client_stripped");
-    let fresh = |p: &Path| -> bool {
-        let (Ok(b), Ok(s)) = (std::fs::metadata(p), std::fs::metadata(&source)) else {
-            return false;
-        };
-        matches!((b.modified(), s.modified()), (Ok(b), Ok(s)) if b >= s)
-    };
-    if !fresh(&bin) || !fresh(&stripped) {
-        let out = Command::new("cc")
-            .args(["-O2", "-o"])
-            .arg(&bin)
-            .arg(&source)
-            .args([
+    if !is_fresh(&bin) || !is_fresh(&stripped) {
+        compile_c_client(
+            &bin,
+            &[
                 "-Wl,-Bstatic",
                 "-lssl",
                 "-lcrypto",
                 "-Wl,-Bdynamic",
                 "-lpthread",
                 "-ldl",
-            ])
-            .output()
-            .context("running cc: install a C compiler (`cargo xtask setup` installs gcc)")?;
-        if !out.status.success() {
-            bail!(
-                "building the static OpenSSL client failed (it needs gcc and libssl-dev's libssl.a; `cargo xtask setup` installs them):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+            ],
+            "the static OpenSSL client",
+            "gcc and libssl-dev's libssl.a",
+        )?;
         let out = Command::new("strip")
             .arg("-o")
             .arg(&stripped)
@@ -294,6 +280,73 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
         stripped,
         debug_dir,
     })
+}
+
+/// `tests/clients/static_tls_client.c`, the source of the C clients.
+fn c_client_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/static_tls_client.c")
+}
+
+/// Whether a build exists and is not older than the client's source.
+fn is_fresh(bin: &Path) -> bool {
+    let (Ok(b), Ok(s)) = (std::fs::metadata(bin), std::fs::metadata(c_client_source())) else {
+        return false;
+    };
+    matches!((b.modified(), s.modified()), (Ok(b), Ok(s)) if b >= s)
+}
+
+/// `cc -O2 -o BIN static_tls_client.c ARGS…`; `what` and `needs` are for the error.
+fn compile_c_client(bin: &Path, args: &[&str], what: &str, needs: &str) -> anyhow::Result<()> {
+    let out = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(bin)
+        .arg(c_client_source())
+        .args(args)
+        .output()
+        .context("running cc: install a C compiler (`cargo xtask setup` installs gcc)")?;
+    if !out.status.success() {
+        bail!(
+            "building {what} failed (it needs {needs}; `cargo xtask setup` installs them):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Where Debian's `android-libboringssl` installs Android's BoringSSL (`libssl.so.0`,
+/// `libcrypto.so.0`, and with `-dev` the `libssl.so` link names); the headers are in
+/// `/usr/include/android`.
+pub fn boringssl_lib_dir() -> PathBuf {
+    PathBuf::from(format!(
+        "/usr/lib/{}-linux-gnu/android",
+        std::env::consts::ARCH
+    ))
+}
+
+/// Builds `tests/clients/static_tls_client.c` against Android's BoringSSL as shared libraries
+/// (Debian's `android-libboringssl-dev`) into `target/boringssl-tls-client/` (once; again when
+/// the source changes). The client maps BoringSSL's `libssl.so.0` (found through its run path)
+/// and no OpenSSL. Debian ships no static BoringSSL archive.
+pub fn boringssl_tls_client() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/boringssl-tls-client");
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join("boringssl_tls_client");
+    if !is_fresh(&bin) {
+        let lib_dir = boringssl_lib_dir();
+        compile_c_client(
+            &bin,
+            &[
+                "-I/usr/include/android",
+                &format!("-L{}", lib_dir.display()),
+                &format!("-Wl,-rpath,{}", lib_dir.display()),
+                "-lssl",
+                "-lcrypto",
+            ],
+            "the BoringSSL client",
+            "gcc and android-libboringssl-dev",
+        )?;
+    }
+    Ok(bin)
 }
 
 /// The GNU build id of an ELF file, from `readelf -n`.
@@ -362,4 +415,186 @@ pub fn sse_events(body: &str) -> Vec<Value> {
         .filter(|d| !d.is_empty() && *d != "[DONE]")
         .filter_map(|d| serde_json::from_str(d).ok())
         .collect()
+}
+
+/// The calls `tests/clients/static_tls_client.c` makes, one TLS connection each:
+/// (provider, path, model suffix, stream).
+pub const C_CLIENT_CALLS: [(&str, &str, &str, bool); 4] = [
+    ("openai", "/v1/chat/completions", "chunks3", false),
+    ("openai", "/v1/chat/completions", "chunks5", true),
+    ("anthropic", "/v1/messages", "chunks4", true),
+    ("openai", "/v1/chat/completions", "err429", false),
+];
+
+fn c_client_request(provider: &str, path: &str, model: &str, stream: bool) -> Vec<u8> {
+    let (host, auth, body) = if provider == "openai" {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hello from a C TLS client."}], "stream": stream});
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        (
+            "api.openai.com",
+            "Authorization: Bearer sk-tokentap-test-not-a-real-key",
+            body,
+        )
+    } else {
+        (
+            "api.anthropic.com",
+            "x-api-key: sk-tokentap-test-not-a-real-key\r\nanthropic-version: 2023-06-01",
+            json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "Hello, static."}], "stream": stream}),
+        )
+    };
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The tokens a response's usage reported, as the metrics count them (input includes cached).
+fn c_client_truth(provider: &str, stream: bool, model: String, raw: &[u8]) -> CallTruth {
+    let (status, body) = parse_http_response(raw).expect("an HTTP response");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let mut call = CallTruth {
+        model,
+        status,
+        input: None,
+        output: None,
+    };
+    if status != 200 {
+        return call;
+    }
+    let anthropic_input = |u: &Value| {
+        [
+            "input_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ]
+        .iter()
+        .filter_map(|k| u[*k].as_u64())
+        .sum::<u64>()
+    };
+    match (provider, stream) {
+        ("openai", false) => {
+            let v: Value = serde_json::from_str(&body).expect("JSON body");
+            call.input = v["usage"]["prompt_tokens"].as_u64();
+            call.output = v["usage"]["completion_tokens"].as_u64();
+        }
+        ("openai", true) => {
+            let usage = sse_events(&body)
+                .into_iter()
+                .rfind(|e| e["usage"].is_object())
+                .expect("a usage chunk");
+            call.input = usage["usage"]["prompt_tokens"].as_u64();
+            call.output = usage["usage"]["completion_tokens"].as_u64();
+        }
+        (_, true) => {
+            for e in sse_events(&body) {
+                match e["type"].as_str() {
+                    Some("message_start") => {
+                        call.input = Some(anthropic_input(&e["message"]["usage"]))
+                    }
+                    Some("message_delta") => call.output = e["usage"]["output_tokens"].as_u64(),
+                    _ => {}
+                }
+            }
+        }
+        (_, false) => {
+            let v: Value = serde_json::from_str(&body).expect("JSON body");
+            call.input = Some(anthropic_input(&v["usage"]));
+            call.output = v["usage"]["output_tokens"].as_u64();
+        }
+    }
+    call
+}
+
+/// Starts `bin` (a build of `static_tls_client.c`, holding its connections open), checks that
+/// it reports a TLS library `version` (`OpenSSL 3`, `BoringSSL`), waits until the agent logs
+/// `hooked` for it, runs [`C_CLIENT_CALLS`] with models tagged `tag`, and returns the client
+/// with what it saw.
+pub fn run_c_client(
+    bin: &Path,
+    version: &str,
+    tag: &str,
+    hooked: &str,
+    agent: &Agent,
+    mock: &MockProvider,
+) -> (HeldChild, Vec<CallTruth>) {
+    let work = bin.with_file_name(format!("run-{tag}"));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mut models = Vec::new();
+    // One SNI for all connections: the certificate covers every provider host, and the agent
+    // takes the provider from each request's Host header.
+    let mut args = vec![
+        mock.ca_file().display().to_string(),
+        mock.port().to_string(),
+        "api.openai.com".to_owned(),
+        work.display().to_string(),
+    ];
+    for (i, (provider, path, suffix, stream)) in C_CLIENT_CALLS.iter().enumerate() {
+        let base = if *provider == "openai" {
+            "gpt-4o-mini"
+        } else {
+            "claude-sonnet-4-5"
+        };
+        let model = format!("{base}-{tag}-{suffix}");
+        let file = work.join(format!("{i}.request"));
+        std::fs::write(&file, c_client_request(provider, path, &model, *stream))
+            .expect("write request");
+        args.push(file.display().to_string());
+        models.push(model);
+    }
+    let mut client = HeldChild::spawn(Command::new(bin).args(&args).env("HOLD", "1"))
+        .expect("start the C TLS client");
+    let hello = client.line().expect("the client starts");
+    assert!(
+        hello.starts_with("pid ") && hello.contains(version),
+        "{hello}"
+    );
+    // Discovery of a new process (exec event, ELF scan, attach) takes a moment; the client
+    // starts once it is hooked, so no call is sent before (a real short-lived static binary
+    // could lose its first call: see the README).
+    wait_for_log(
+        agent,
+        &format!("{hooked} (pid {}", client.pid()),
+        Duration::from_secs(5),
+    )
+    .expect("the agent hooks the C TLS client when it starts");
+    client.send_line("go").expect("start the client");
+    assert_eq!(client.line().expect("the client finishes"), "done");
+    let calls: Vec<CallTruth> = C_CLIENT_CALLS
+        .iter()
+        .zip(models)
+        .enumerate()
+        .map(|(i, ((provider, _, _, stream), model))| {
+            let raw = std::fs::read(work.join(format!("{i}.response"))).expect("response file");
+            c_client_truth(provider, *stream, model, &raw)
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!("{} (pid {}): {calls:?}", bin.display(), client.pid());
+    (client, calls)
+}
+
+/// The mock's records of the calls whose model carries `tag`, in order, equal what the client
+/// saw (else the test infrastructure is at fault).
+pub fn check_mock_chain(mock: &MockProvider, calls: &[CallTruth], tag: &str) {
+    let records: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.request_model.as_deref().is_some_and(|m| m.contains(tag)))
+        .collect();
+    assert_eq!(
+        records.len(),
+        calls.len(),
+        "test infrastructure: {records:?}"
+    );
+    for (call, record) in calls.iter().zip(&records) {
+        assert_eq!(
+            (call.status, call.input, call.output),
+            (record.status, record.tokens.input, record.tokens.output),
+            "test infrastructure: the client's view differs from what the mock sent"
+        );
+    }
 }

@@ -637,10 +637,18 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 }
 
 /// The clients of the TLS-stack end-to-end tests (tests/tests/tls_stacks.rs): a C compiler and
-/// OpenSSL's static archives (a client with OpenSSL linked in), Node.js, and GnuTLS's
-/// `gnutls-cli` (a stack tokentap does not hook).
+/// OpenSSL's static archives (a client with OpenSSL linked in), Android's BoringSSL as shared
+/// libraries with headers (a BoringSSL client), Node.js, and GnuTLS's `gnutls-cli` (a stack
+/// tokentap does not hook).
 fn ensure_tls_stack_clients() -> anyhow::Result<()> {
-    ensure_apt(&["gcc", "libc6-dev", "libssl-dev", "nodejs", "gnutls-bin"])
+    ensure_apt(&[
+        "gcc",
+        "libc6-dev",
+        "libssl-dev",
+        "android-libboringssl-dev",
+        "nodejs",
+        "gnutls-bin",
+    ])
 }
 
 /// Installs Debian packages that are missing.

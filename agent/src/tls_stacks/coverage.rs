@@ -18,7 +18,10 @@ use std::{
     sync::Arc,
 };
 
-use super::{TlsStack, elf_symbols::ElfTlsInfo};
+use super::{
+    TlsStack,
+    elf_symbols::{ElfTlsInfo, SslFlavor},
+};
 use crate::discovery::{MappedFile, parse_maps};
 
 /// A TLS stack found in one process, and the file it lives in.
@@ -133,7 +136,7 @@ impl CoverageWatch {
 }
 
 /// The stacks in a process's memory map. `elf_info` scans a mapped file that is not a known TLS
-/// library (cached: each file once); `None` when it cannot be opened.
+/// library, or is a `libssl.so*` (cached: each file once); `None` when it cannot be opened.
 pub fn stacks_in_maps(
     maps: &[MappedFile],
     mut elf_info: impl FnMut(&MappedFile) -> Option<Arc<ElfTlsInfo>>,
@@ -148,7 +151,8 @@ pub fn stacks_in_maps(
         let path = m.path.display().to_string();
         let name = m.path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
         let found: Vec<(TlsStack, bool)> = match TlsStack::from_library_name(name) {
-            Some(TlsStack::OpensslShared) => vec![(TlsStack::OpensslShared, true)],
+            // A `libssl.so*` is hooked by name; its symbols tell OpenSSL from BoringSSL.
+            Some(TlsStack::OpensslShared) => vec![shared_libssl(elf_info(m).as_deref())],
             Some(stack) => vec![(stack, false)],
             None => elf_info(m)
                 .map(|info| TlsStack::embedded_in(&info))
@@ -165,6 +169,18 @@ pub fn stacks_in_maps(
         }
     }
     out
+}
+
+/// A shared `libssl.so*`: BoringSSL's (Android's, Debian's `android-libboringssl`) when its
+/// symbols say so, else OpenSSL's. A file that cannot be scanned is taken for OpenSSL's, which
+/// the probes attach to by name.
+fn shared_libssl(info: Option<&ElfTlsInfo>) -> (TlsStack, bool) {
+    match info {
+        Some(info) if info.flavor == Some(SslFlavor::BoringSsl) => {
+            (TlsStack::Boringssl, info.hookable_ssl())
+        }
+        _ => (TlsStack::OpensslShared, true),
+    }
 }
 
 /// One row of `/proc/net/tcp{,6}`: an established connection's socket inode and remote end.

@@ -89,6 +89,8 @@ fn stacks_from_library_names_and_elf_contents() {
         mapped("/usr/lib/x86_64-linux-gnu/libssl3.so", 15, "r-xp"),
         mapped("/opt/stripped", 16, "r-xp"),
         mapped("/opt/boring", 17, "r-xp"),
+        mapped("/usr/lib/x86_64-linux-gnu/android/libssl.so.0", 18, "r-xp"),
+        mapped("/opt/broken/libssl.so.1.1", 19, "r-xp"),
     ];
     let mut asked = Vec::new();
     let stacks = stacks_in_maps(&maps, |m| {
@@ -103,15 +105,22 @@ fn stacks_from_library_names_and_elf_contents() {
                 i.go_crypto_tls = true;
             }),
             16 => info(|i| i.stripped_openssl = true),
-            17 => info(|i| {
+            11 => info(|i| {
+                i.ssl_functions = vec![("SSL_read_ex", 1), ("SSL_write_ex", 2)];
+                i.flavor = Some(SslFlavor::OpenSsl);
+            }),
+            17 | 18 => info(|i| {
                 i.ssl_functions = vec![("SSL_read", 1), ("SSL_write", 2)];
                 i.flavor = Some(SslFlavor::BoringSsl);
             }),
+            // Cannot be opened: a libssl is still hooked by name.
+            19 => None,
             _ => info(|_| {}),
         }
     });
-    // Known libraries are judged by name, without opening them.
-    assert_eq!(asked, vec![10, 13, 14, 16, 17]);
+    // Known libraries other than libssl are judged by name, without opening them; a libssl's
+    // symbols tell OpenSSL's from BoringSSL's.
+    assert_eq!(asked, vec![10, 11, 13, 14, 16, 17, 18, 19]);
     let got: Vec<(TlsStack, bool, u64)> = stacks
         .iter()
         .map(|s| (s.stack, s.hookable, s.inode))
@@ -126,6 +135,8 @@ fn stacks_from_library_names_and_elf_contents() {
             (TlsStack::Nss, false, 15),
             (TlsStack::OpensslStatic, false, 16),
             (TlsStack::Boringssl, true, 17),
+            (TlsStack::Boringssl, true, 18),
+            (TlsStack::OpensslShared, true, 19),
         ]
     );
     assert_eq!(stacks[0].dev, libc::makedev(0xfd, 1));

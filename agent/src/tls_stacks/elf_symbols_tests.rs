@@ -276,6 +276,29 @@ fn boringssl_without_ex_functions_is_hookable() {
     assert_eq!(info.offset_of("SSL_read_ex"), None);
 }
 
+/// A shared BoringSSL libssl (Android's, Debian's `android-libboringssl`) exports the pair in
+/// `.dynsym`, no `_ex` forms, and BoringSSL-only API such as `SSL_CTX_set_strict_cipher_list`
+/// (`BORINGSSL_self_test` is in its libcrypto).
+#[test]
+fn shared_boringssl_is_told_by_its_exports() {
+    let elf = SyntheticElf::new()
+        .symbols(
+            Table::Dynsym,
+            &[
+                ("SSL_read", TEXT_VADDR + 0x10, true),
+                ("SSL_write", TEXT_VADDR + 0x14, true),
+                ("SSL_free", TEXT_VADDR + 0x18, true),
+                ("SSL_CTX_set_strict_cipher_list", TEXT_VADDR + 0x1c, true),
+            ],
+        )
+        .build();
+    let info = scan(&elf);
+    assert_eq!(info.flavor, Some(SslFlavor::BoringSsl));
+    assert!(info.hookable_ssl());
+    assert_eq!(info.offset_of("SSL_free"), Some(TEXT_OFFSET + 0x18));
+    assert_eq!(info.offset_of("SSL_write_ex"), None);
+}
+
 #[test]
 fn only_half_of_the_pair_is_not_hookable() {
     let elf = SyntheticElf::new()

@@ -18,7 +18,8 @@ pub enum TlsStack {
     OpensslShared,
     /// OpenSSL compiled into another executable or library (Node.js, a static build).
     OpensslStatic,
-    /// BoringSSL compiled into an executable or library.
+    /// BoringSSL: a shared `libssl.so*` built from it (Android's; Debian's
+    /// `android-libboringssl`), or compiled into an executable or library (Chromium, Envoy).
     Boringssl,
     Gnutls,
     /// Mozilla NSS (`libnss3.so`, `libssl3.so`).
