@@ -32,6 +32,7 @@ pub mod source;
 pub mod stage_metrics;
 pub mod stats;
 pub mod stream;
+pub mod tls_client;
 pub mod tls_stacks;
 pub mod watch;
 pub mod workload;

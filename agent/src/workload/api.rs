@@ -482,30 +482,12 @@ impl Client {
         &self,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, WatchError> {
-        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-        let ca = self.config.service_account.join("ca.crt");
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&ca)
-            .map_err(|e| WatchError::Tls(format!("{}: {e}", ca.display())))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| WatchError::Tls(format!("{}: {e}", ca.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| WatchError::Tls(format!("{}: {e}", ca.display())))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WatchError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = ServerName::try_from(self.config.url.host.clone())
-            .map_err(|e| WatchError::Tls(e.to_string()))?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+        // Read on every connection: the service account's CA may be rotated.
+        let config = crate::tls_client::client_config(&self.config.service_account.join("ca.crt"))
+            .map_err(WatchError::Tls)?;
+        crate::tls_client::connect(config, &self.config.url.host, tcp)
             .await
-            .map_err(|e| WatchError::Tls(e.to_string()))
+            .map_err(WatchError::Tls)
     }
 }
 
