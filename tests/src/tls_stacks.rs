@@ -296,14 +296,46 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
     })
 }
 
-/// The GNU build id of an ELF file, from `readelf -n`.
-fn build_id(path: &Path) -> anyhow::Result<String> {
+/// `readelf -W ARGS PATH`'s output.
+pub fn readelf(args: &[&str], path: &Path) -> anyhow::Result<String> {
     let out = Command::new("readelf")
-        .arg("-n")
+        .arg("-W")
+        .args(args)
         .arg(path)
         .output()
         .context("running readelf (binutils)")?;
-    String::from_utf8_lossy(&out.stdout)
+    if !out.status.success() {
+        bail!(
+            "readelf {args:?} {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where an ELF file defines `function`: (`readelf -s`'s table: `.dynsym` or `.symtab`,
+/// binding: GLOBAL, LOCAL, WEAK) for each defined symbol of that name.
+pub fn defined_symbol(path: &Path, function: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut table = String::new();
+    let mut found = Vec::new();
+    for line in readelf(&["-s"], path)?.lines() {
+        if let Some(rest) = line.strip_prefix("Symbol table '") {
+            table = rest.split('\'').next().unwrap_or_default().to_owned();
+            continue;
+        }
+        // Num: Value Size Type Bind Vis Ndx Name
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 8 && fields[7] == function && fields[6] != "UND" {
+            found.push((table.clone(), fields[4].to_owned()));
+        }
+    }
+    Ok(found)
+}
+
+/// The GNU build id of an ELF file, from `readelf -n`.
+fn build_id(path: &Path) -> anyhow::Result<String> {
+    readelf(&["-n"], path)?
         .lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: "))
         .map(|id| id.trim().to_owned())
