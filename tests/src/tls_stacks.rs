@@ -261,18 +261,33 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        std::fs::remove_file(&stripped).ok();
+    }
+    let debug_dir = dir.join("debug");
+    strip_with_debug_file(&bin, &stripped, &debug_dir)?;
+    Ok(StaticClient {
+        bin,
+        stripped,
+        debug_dir,
+    })
+}
+
+/// Writes a copy of the ELF file `bin` stripped of every symbol to `stripped` (unless it
+/// exists), and `bin`'s symbols as a separate debug file `.build-id/ab/cdef….debug` under
+/// `debug_dir` (`objcopy --only-keep-debug`), as distributions' dbgsym packages install them.
+pub fn strip_with_debug_file(bin: &Path, stripped: &Path, debug_dir: &Path) -> anyhow::Result<()> {
+    if !stripped.exists() {
         let out = Command::new("strip")
             .arg("-o")
-            .arg(&stripped)
-            .arg(&bin)
+            .arg(stripped)
+            .arg(bin)
             .output()
             .context("running strip (binutils)")?;
         if !out.status.success() {
             bail!("strip failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let debug_dir = dir.join("debug");
-    let build_id = build_id(&bin)?;
+    let build_id = build_id(bin)?;
     let debug_file = debug_dir
         .join(".build-id")
         .join(&build_id[..2])
@@ -281,7 +296,7 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
         std::fs::create_dir_all(debug_file.parent().ok_or_else(|| anyhow!("no parent"))?)?;
         let out = Command::new("objcopy")
             .arg("--only-keep-debug")
-            .arg(&bin)
+            .arg(bin)
             .arg(&debug_file)
             .output()
             .context("running objcopy (binutils)")?;
@@ -289,11 +304,7 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
             bail!("objcopy failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    Ok(StaticClient {
-        bin,
-        stripped,
-        debug_dir,
-    })
+    Ok(())
 }
 
 /// `readelf -W ARGS PATH`'s output.
@@ -337,7 +348,7 @@ pub fn defined_symbol(path: &Path, function: &str) -> anyhow::Result<Vec<(String
 fn build_id(path: &Path) -> anyhow::Result<String> {
     readelf(&["-n"], path)?
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .find_map(|l| l.split("Build ID: ").nth(1))
         .map(|id| id.trim().to_owned())
         .filter(|id| id.len() > 4)
         .ok_or_else(|| {
