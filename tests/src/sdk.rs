@@ -22,6 +22,18 @@ pub fn sdk_python() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
+/// The Python whose OpenSSL is linked statically into its `_ssl` module, with the SDKs
+/// (xtask/src/static_python.rs says how it is made): `TOKENTAP_STATIC_PYTHON` (set by `cargo
+/// xtask test`), else `target/static-python/venv/bin/python` when `cargo xtask setup` has built it.
+pub fn static_openssl_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TOKENTAP_STATIC_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/static-python/venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
 pub fn sdk_client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/sdk_client.py")
 }
@@ -293,6 +305,73 @@ pub fn check_against_mock(report: &SdkReport, records: &[RequestRecord]) -> Vec<
                 "{who}: SNI {:?} and Host {:?}, expected {}",
                 rec.sni, rec.host, call.server_address
             ));
+        }
+    }
+    problems
+}
+
+/// Checks an exchange log (`--log-exchanges`, JSON lines) against the SDKs' view: exactly one
+/// line of the client's pid per call, matched by request model (in order), with the call's provider, API,
+/// streaming, status, error type, response model and the token counts the SDK saw. Returns the
+/// disagreements.
+pub fn exchange_log_problems(report: &SdkReport, log: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut lines = Vec::new();
+    for line in log.lines() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(r) if r["pid"].as_u64() == Some(u64::from(report.pid)) => lines.push(r),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("a log line is not JSON ({e}): {line}")),
+        }
+    }
+    if lines.len() != report.calls.len() {
+        problems.push(format!(
+            "{} log lines of pid {}, {} calls",
+            lines.len(),
+            report.pid,
+            report.calls.len()
+        ));
+    }
+    // Repeated calls of one scenario share a model: they take its lines in order.
+    let mut used = vec![false; lines.len()];
+    for call in &report.calls {
+        let who = format!("{} ({})", call.scenario, call.request_model);
+        let Some(i) = (0..lines.len()).find(|&i| {
+            !used[i] && lines[i]["request_model"].as_str() == Some(call.request_model.as_str())
+        }) else {
+            problems.push(format!("{who}: no log line"));
+            continue;
+        };
+        used[i] = true;
+        let r = &lines[i];
+        let sdk = call.tokens();
+        let want = serde_json::json!({
+            "provider": call.provider,
+            "api": call.api,
+            "streaming": call.streaming,
+            "http_status": call.status,
+            "error_type": call.error_type,
+        });
+        for (field, value) in want.as_object().into_iter().flatten() {
+            if &r[field] != value {
+                problems.push(format!("{who}: log {field} {} != SDK {value}", r[field]));
+            }
+        }
+        if call.response_model.is_some()
+            && r["response_model"].as_str() != call.response_model.as_deref()
+        {
+            problems.push(format!(
+                "{who}: log response_model {} != SDK {:?}",
+                r["response_model"], call.response_model
+            ));
+        }
+        for (kind, count) in [("input", sdk.input), ("output", sdk.output)] {
+            if count.is_some() && r["tokens"][kind].as_u64() != count {
+                problems.push(format!(
+                    "{who}: log {kind} tokens {} != SDK {count:?}",
+                    r["tokens"][kind]
+                ));
+            }
         }
     }
     problems

@@ -247,18 +247,33 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
             "the static OpenSSL client",
             "gcc and libssl-dev's libssl.a",
         )?;
+        std::fs::remove_file(&stripped).ok();
+    }
+    let debug_dir = dir.join("debug");
+    strip_with_debug_file(&bin, &stripped, &debug_dir)?;
+    Ok(StaticClient {
+        bin,
+        stripped,
+        debug_dir,
+    })
+}
+
+/// Writes a copy of the ELF file `bin` stripped of every symbol to `stripped` (unless it
+/// exists), and `bin`'s symbols as a separate debug file `.build-id/ab/cdef….debug` under
+/// `debug_dir` (`objcopy --only-keep-debug`), as distributions' dbgsym packages install them.
+pub fn strip_with_debug_file(bin: &Path, stripped: &Path, debug_dir: &Path) -> anyhow::Result<()> {
+    if !stripped.exists() {
         let out = Command::new("strip")
             .arg("-o")
-            .arg(&stripped)
-            .arg(&bin)
+            .arg(stripped)
+            .arg(bin)
             .output()
             .context("running strip (binutils)")?;
         if !out.status.success() {
             bail!("strip failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let debug_dir = dir.join("debug");
-    let build_id = build_id(&bin)?;
+    let build_id = build_id(bin)?;
     let debug_file = debug_dir
         .join(".build-id")
         .join(&build_id[..2])
@@ -267,7 +282,7 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
         std::fs::create_dir_all(debug_file.parent().ok_or_else(|| anyhow!("no parent"))?)?;
         let out = Command::new("objcopy")
             .arg("--only-keep-debug")
-            .arg(&bin)
+            .arg(bin)
             .arg(&debug_file)
             .output()
             .context("running objcopy (binutils)")?;
@@ -275,11 +290,44 @@ pub fn static_tls_client() -> anyhow::Result<StaticClient> {
             bail!("objcopy failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    Ok(StaticClient {
-        bin,
-        stripped,
-        debug_dir,
-    })
+    Ok(())
+}
+
+/// `readelf -W ARGS PATH`'s output.
+pub fn readelf(args: &[&str], path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("readelf")
+        .arg("-W")
+        .args(args)
+        .arg(path)
+        .output()
+        .context("running readelf (binutils)")?;
+    if !out.status.success() {
+        bail!(
+            "readelf {args:?} {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where an ELF file defines `function`: (`readelf -s`'s table: `.dynsym` or `.symtab`,
+/// binding: GLOBAL, LOCAL, WEAK) for each defined symbol of that name.
+pub fn defined_symbol(path: &Path, function: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut table = String::new();
+    let mut found = Vec::new();
+    for line in readelf(&["-s"], path)?.lines() {
+        if let Some(rest) = line.strip_prefix("Symbol table '") {
+            table = rest.split('\'').next().unwrap_or_default().to_owned();
+            continue;
+        }
+        // Num: Value Size Type Bind Vis Ndx Name
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 8 && fields[7] == function && fields[6] != "UND" {
+            found.push((table.clone(), fields[4].to_owned()));
+        }
+    }
+    Ok(found)
 }
 
 /// `tests/clients/static_tls_client.c`, the source of the C clients.
@@ -351,14 +399,9 @@ pub fn boringssl_tls_client() -> anyhow::Result<PathBuf> {
 
 /// The GNU build id of an ELF file, from `readelf -n`.
 fn build_id(path: &Path) -> anyhow::Result<String> {
-    let out = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .context("running readelf (binutils)")?;
-    String::from_utf8_lossy(&out.stdout)
+    readelf(&["-n"], path)?
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .find_map(|l| l.split("Build ID: ").nth(1))
         .map(|id| id.trim().to_owned())
         .filter(|id| id.len() > 4)
         .ok_or_else(|| {

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod static_python;
+
 #[derive(Parser)]
 #[command(about = "tokentap project tasks")]
 struct Xtask {
@@ -22,7 +24,7 @@ struct Xtask {
 #[derive(Subcommand)]
 enum Task {
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker 0.10.2) and test dependencies
-    /// (the LLM SDK venv, target/e2e-venv).
+    /// (the LLM SDK venv, target/e2e-venv; a static-OpenSSL Python, target/static-python).
     Setup,
     /// Build the eBPF object (nightly, bpfel-unknown-none) into target/.
     BuildEbpf,
@@ -103,7 +105,8 @@ fn main() {
         Task::Setup => setup()
             .and_then(|()| ensure_sdk_venv())
             .and_then(|()| ensure_apt(TEST_PACKAGES))
-            .and_then(|()| ensure_tls_stack_clients()),
+            .and_then(|()| ensure_tls_stack_clients())
+            .and_then(|()| static_python::ensure()),
         Task::BuildEbpf => setup().and_then(|()| build_ebpf()),
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| run(&args)),
@@ -114,6 +117,7 @@ fn main() {
             .and_then(|()| ensure_sdk_venv())
             .and_then(|()| ensure_apt(TEST_PACKAGES))
             .and_then(|()| ensure_tls_stack_clients())
+            .and_then(|()| static_python::ensure())
             .and_then(|()| test(unit_only, fuzz_seconds)),
         Task::Fuzz { seconds } => setup().and_then(|()| fuzz(seconds)),
         Task::Bench {
@@ -259,16 +263,19 @@ fn sdk_python() -> PathBuf {
 fn ensure_sdk_venv() -> anyhow::Result<()> {
     ensure_venv(
         &sdk_venv(),
+        Path::new("python3"),
         SDK_REQUIREMENTS,
         "the LLM SDK venv (about 15 s)",
         verify_sdk_venv,
     )
 }
 
-/// Builds `venv` from `requirements` (relative to the workspace) with the machine's `python3`,
-/// then checks it with `verify`, unless it was already built from the same requirements.
+/// Builds `venv` from `requirements` (relative to the workspace) with `base_python` (the
+/// machine's `python3` for most venvs), then checks it with `verify`, unless it was already
+/// built from the same requirements.
 fn ensure_venv(
     venv: &Path,
+    base_python: &Path,
     requirements: &str,
     what: &str,
     verify: fn(&Path) -> anyhow::Result<()>,
@@ -290,10 +297,12 @@ fn ensure_venv(
     if venv.exists() {
         fs::remove_dir_all(venv).with_context(|| format!("removing {}", venv.display()))?;
     }
-    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))
-        .context(
-            "creating the venv with the machine's python3 (`python3 -m venv`; a Debian python3 needs python3-venv)",
-        )?;
+    run_cmd(Command::new(base_python).args(["-m", "venv"]).arg(venv)).with_context(|| {
+        format!(
+            "creating the venv with {} (`-m venv`; a Debian python3 needs python3-venv)",
+            base_python.display()
+        )
+    })?;
     run_cmd(
         Command::new(&python)
             .args([
@@ -463,6 +472,7 @@ fn test(unit_only: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
             .env("TOKENTAP_BIN", target_dir().join("release/tokentap"))
             .env("TOKENTAP_EBPF_OBJECT", ebpf_object())
             .env("TOKENTAP_SDK_PYTHON", sdk_python())
+            .env("TOKENTAP_STATIC_PYTHON", static_python::python())
             .args([
                 "test",
                 "--release",
@@ -513,6 +523,7 @@ fn bench(options: &[(&str, String)]) -> anyhow::Result<()> {
     let gateway_venv = target_dir().join("bench-gateway-venv");
     ensure_venv(
         &bench_venv,
+        Path::new("python3"),
         BENCH_REQUIREMENTS,
         "the benchmark's client venv",
         |_| Ok(()),
@@ -520,6 +531,7 @@ fn bench(options: &[(&str, String)]) -> anyhow::Result<()> {
     // The gateway column is optional: without it the report says why.
     let gateway = ensure_venv(
         &gateway_venv,
+        Path::new("python3"),
         GATEWAY_REQUIREMENTS,
         "the benchmark's LiteLLM venv (about 2 minutes)",
         |_| Ok(()),
