@@ -123,9 +123,24 @@ pub struct CaptureOptions {
     #[arg(skip)]
     pub capture_content_services: Vec<String>,
     /// Export one span per LLM call over OTLP/HTTP (protobuf) to this collector, e.g.
-    /// `http://127.0.0.1:4318` (the `/v1/traces` path is added when absent; http only).
+    /// `http://127.0.0.1:4318` or `https://otlp.example.com/v1/traces` (the `/v1/traces` path
+    /// is added when absent).
     #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// CA certificates (PEM) to check an https collector's certificate with; default: the
+    /// system's bundle.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        value_name = "PATH"
+    )]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// Headers sent with every span export, e.g. a vendor's API key: `name=value` per line or
+    /// comma-separated, values %-encoded. Also read from OTEL_EXPORTER_OTLP_HEADERS and
+    /// OTEL_EXPORTER_OTLP_TRACES_HEADERS (which win for the same name). Never logged.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub otlp_headers_file: Option<PathBuf>,
     /// Label calls with their pod and workload from the Kubernetes API (this node's pods):
     /// `auto` when running in a cluster (KUBERNETES_SERVICE_HOST and a service account token).
     #[arg(long, global = true, value_enum, default_value_t = KubernetesMode::Auto, value_name = "MODE")]

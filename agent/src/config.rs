@@ -15,6 +15,8 @@
 //! max_label_sets = 2000
 //! pricing = "/etc/tokentap/prices.toml"   # like --pricing FILE
 //! otlp_endpoint = "http://127.0.0.1:4318"
+//! otlp_ca_file = "/etc/tokentap/otlp-ca.pem"   # like --otlp-ca-file (https collectors)
+//! otlp_headers_file = "/etc/tokentap/otlp-headers"  # like --otlp-headers-file
 //! kubernetes = "auto"                      # auto, on or off
 //! node_name = "node-1"                     # usually the NODE_NAME environment variable
 //! pod_series_ttl = 300
@@ -58,6 +60,8 @@ pub struct FileConfig {
     pub max_label_sets: Option<usize>,
     pub pricing: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
+    pub otlp_ca_file: Option<PathBuf>,
+    pub otlp_headers_file: Option<PathBuf>,
     pub log_exchanges: Option<PathBuf>,
     pub log_max_bytes: Option<u64>,
     pub log_files: Option<usize>,
@@ -180,6 +184,16 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches, file: FileConfig) {
         && defaulted(matches, "otlp_endpoint")
     {
         c.otlp_endpoint = Some(url);
+    }
+    if let Some(path) = file.otlp_ca_file
+        && defaulted(matches, "otlp_ca_file")
+    {
+        c.otlp_ca_file = Some(path);
+    }
+    if let Some(path) = file.otlp_headers_file
+        && defaulted(matches, "otlp_headers_file")
+    {
+        c.otlp_headers_file = Some(path);
     }
     if let Some(libs) = file.libssl {
         // Libraries add up: the file's and the command line's.

@@ -158,12 +158,43 @@ fn otlp_exporter(
     };
     let endpoint =
         otlp::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("--otlp-endpoint {url}: {e}"))?;
+    let mut headers = Vec::new();
+    if let Some(path) = &capture.otlp_headers_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--otlp-headers-file {}: {e}", path.display()))?;
+        headers = otlp::parse_headers(&text)
+            .map_err(|e| anyhow::anyhow!("--otlp-headers-file {}: {e}", path.display()))?;
+    }
+    // The signal-specific variable wins over the general one, and both over the file.
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        if let Ok(text) = std::env::var(var) {
+            for (name, value) in
+                otlp::parse_headers(&text).map_err(|e| anyhow::anyhow!("{var}: {e}"))?
+            {
+                headers.retain(|(n, _)| *n != name);
+                headers.push((name, value));
+            }
+        }
+    }
+    let scheme = if endpoint.https { "https" } else { "http" };
     log::info!(
-        "exporting one span per LLM call to the OTLP collector at {}{}",
+        "exporting one span per LLM call to the OTLP collector at {scheme}://{}{}{}",
         endpoint.authority(),
-        endpoint.path
+        endpoint.path,
+        if headers.is_empty() {
+            String::new()
+        } else {
+            // Names only: values are credentials.
+            let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+            format!(" with headers {}", names.join(", "))
+        }
     );
-    let (sink, exporter) = otlp::start(endpoint, otlp::ExporterConfig::default(), registry);
+    let collector = otlp::Collector::new(endpoint, capture.otlp_ca_file.as_deref(), headers)
+        .map_err(|e| anyhow::anyhow!("--otlp-endpoint {url}: {e}"))?;
+    let (sink, exporter) = otlp::start(collector, otlp::ExporterConfig::default(), registry);
     sinks.push(Box::new(sink));
     Ok(Some(exporter))
 }

@@ -64,3 +64,33 @@ pub async fn connect(
         .await
         .map_err(|e| e.to_string())
 }
+
+/// A test CA and a server for it, shared by the tests of the agent's TLS clients.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    /// A CA and a server certificate for 127.0.0.1 signed by it: `(CA PEM, server config)`.
+    pub(crate) fn tls_server_config() -> (String, rustls::ServerConfig) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let leaf_key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("leaf params")
+            .signed_by(&leaf_key, &ca)
+            .expect("leaf");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server config");
+        (ca.pem(), config)
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -14,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    Endpoint,
+    Collector,
     proto::{export_request, resource},
     span::{IdGenerator, ProcessResource, WorkloadResource, span_of},
 };
@@ -162,14 +163,14 @@ impl OtlpExporter {
 /// Starts the export task on the current tokio runtime; returns the sink to add to the
 /// pipeline and the handle to stop the task.
 pub fn start(
-    endpoint: Endpoint,
+    collector: Collector,
     config: ExporterConfig,
     registry: &Registry,
 ) -> (OtlpSink, OtlpExporter) {
     let metrics = ExporterMetrics::new(registry);
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(endpoint, config, rx, stop_rx, metrics.clone()));
+    let task = tokio::spawn(run(collector, config, rx, stop_rx, metrics.clone()));
     (
         OtlpSink {
             queue: tx,
@@ -185,7 +186,7 @@ pub fn start(
 }
 
 async fn run(
-    endpoint: Endpoint,
+    collector: Collector,
     config: ExporterConfig,
     mut rx: mpsc::Receiver<Queued>,
     mut stop: watch::Receiver<bool>,
@@ -209,7 +210,7 @@ async fn run(
             break;
         }
         if batch.len() >= config.max_batch || (Instant::now() >= due && !batch.is_empty()) {
-            export_with_retry(&endpoint, &config, &mut batch, &metrics, Some(&mut stop)).await;
+            export_with_retry(&collector, &config, &mut batch, &metrics, Some(&mut stop)).await;
             due = Instant::now() + config.flush_interval;
         } else if Instant::now() >= due {
             due = Instant::now() + config.flush_interval;
@@ -227,17 +228,17 @@ async fn run(
     while let Ok(q) = rx.try_recv() {
         batch.push(q);
         if batch.len() >= config.max_batch {
-            export_with_retry(&endpoint, &last, &mut batch, &metrics, None).await;
+            export_with_retry(&collector, &last, &mut batch, &metrics, None).await;
         }
     }
     if !batch.is_empty() {
-        export_with_retry(&endpoint, &last, &mut batch, &metrics, None).await;
+        export_with_retry(&collector, &last, &mut batch, &metrics, None).await;
     }
 }
 
 /// Exports `batch` (emptying it), retrying what can be retried; counts the outcome.
 async fn export_with_retry(
-    endpoint: &Endpoint,
+    collector: &Collector,
     config: &ExporterConfig,
     batch: &mut Vec<Queued>,
     metrics: &ExporterMetrics,
@@ -248,7 +249,7 @@ async fn export_with_retry(
     batch.clear();
     let mut backoff = config.initial_backoff;
     for attempt in 1..=config.max_attempts.max(1) {
-        match post(endpoint, &body, config.request_timeout).await {
+        match post(collector, &body, config.request_timeout).await {
             Ok(()) => {
                 metrics.exported.inc_by(spans);
                 return;
@@ -307,6 +308,10 @@ pub enum ExportError {
     Status(u16),
     #[error("collector sent a malformed answer")]
     BadResponse,
+    #[error(
+        "TLS with the collector at {0} failed: {1} (is it https? is its CA in --otlp-ca-file or the system bundle?)"
+    )]
+    Tls(String, String),
 }
 
 impl ExportError {
@@ -316,14 +321,15 @@ impl ExportError {
             Self::Connect(..) | Self::Io(_) | Self::Timeout(_) => true,
             // The statuses OTLP/HTTP says to retry.
             Self::Status(s) => matches!(*s, 429 | 502 | 503 | 504),
-            Self::BadResponse => false,
+            // A certificate that does not verify will not verify on the next attempt.
+            Self::BadResponse | Self::Tls(..) => false,
         }
     }
 }
 
 /// POSTs one export request; Ok on a 2xx answer.
-pub async fn post(endpoint: &Endpoint, body: &[u8], limit: Duration) -> Result<(), ExportError> {
-    match timeout(limit, post_inner(endpoint, body)).await {
+pub async fn post(collector: &Collector, body: &[u8], limit: Duration) -> Result<(), ExportError> {
+    match timeout(limit, post_inner(collector, body)).await {
         Ok(r) => r,
         Err(_) => Err(ExportError::Timeout(limit)),
     }
@@ -332,26 +338,49 @@ pub async fn post(endpoint: &Endpoint, body: &[u8], limit: Duration) -> Result<(
 /// Answers bigger than this are not read further (the status line is all that matters).
 const MAX_RESPONSE: usize = 64 * 1024;
 
-async fn post_inner(endpoint: &Endpoint, body: &[u8]) -> Result<(), ExportError> {
+async fn post_inner(collector: &Collector, body: &[u8]) -> Result<(), ExportError> {
+    let endpoint = &collector.endpoint;
     let authority = endpoint.authority();
-    let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| ExportError::Connect(authority.clone(), e))?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: tokentap/{}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: tokentap/{}\r\nConnection: close\r\n",
         endpoint.path,
         body.len(),
         env!("CARGO_PKG_VERSION"),
     );
-    write_all(&stream, head.as_bytes()).await?;
-    write_all(&stream, body).await?;
+    for (name, value) in collector.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    match collector.tls() {
+        Some(config) => {
+            let tls = crate::tls_client::connect(config.clone(), &endpoint.host, tcp)
+                .await
+                .map_err(|e| ExportError::Tls(authority, e))?;
+            exchange(tls, head.as_bytes(), body).await
+        }
+        None => exchange(tcp, head.as_bytes(), body).await,
+    }
+}
+
+/// Sends the request and reads the answer's status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    head: &[u8],
+    body: &[u8],
+) -> Result<(), ExportError> {
+    stream.write_all(head).await?;
+    stream.write_all(body).await?;
+    stream.flush().await?;
     // The status line decides; the rest of the answer is drained briefly (bounded) so the
     // collector sees a clean close, and a collector that keeps the connection open anyway
     // costs at most a second.
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let header_end = loop {
-        let n = read(&stream, &mut chunk).await?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(ExportError::BadResponse);
         }
@@ -368,7 +397,7 @@ async fn post_inner(endpoint: &Endpoint, body: &[u8]) -> Result<(), ExportError>
     let mut have = buf.len() - header_end;
     let _ = timeout(Duration::from_secs(1), async {
         while have < body_len.min(MAX_RESPONSE) {
-            match read(&stream, &mut chunk).await {
+            match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => have += n,
             }
@@ -379,31 +408,6 @@ async fn post_inner(endpoint: &Endpoint, body: &[u8]) -> Result<(), ExportError>
         Ok(())
     } else {
         Err(ExportError::Status(status))
-    }
-}
-
-// The agent's tokio has no `io-util`: reads and writes go through readiness.
-
-pub(super) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-pub(super) async fn read(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 

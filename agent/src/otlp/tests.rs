@@ -3,8 +3,9 @@ use std::time::Duration;
 use prometheus::Registry;
 
 use super::{
-    Endpoint, EndpointError, ExporterConfig,
-    exporter::{ExporterMetrics, post, read, write_all},
+    Collector, Endpoint, EndpointError, ExporterConfig,
+    exporter::{ExporterMetrics, post},
+    parse_headers,
     proto::{self, KeyValue, Value},
     span::{IdGenerator, ParentContext, attr, parse_traceparent, span_of},
     start,
@@ -359,9 +360,20 @@ fn endpoints() {
         ("::1", 9999, "/otlp/v1/traces")
     );
     assert_eq!(e.authority(), "[::1]:9999");
+    let e = Endpoint::parse("HTTPS://otlp.example.com/v1/traces").expect("valid");
     assert_eq!(
-        Endpoint::parse("https://collector:4318"),
-        Err(EndpointError::Https)
+        (e.https, e.host.as_str(), e.port),
+        (true, "otlp.example.com", 443),
+        "https without a port is 443"
+    );
+    assert!(!Endpoint::parse("http://c").expect("valid").https);
+    assert!(matches!(
+        Endpoint::parse("ftp://collector:4318"),
+        Err(EndpointError::NotHttp(_))
+    ));
+    assert_eq!(
+        Endpoint::parse("https://user:pw@collector"),
+        Err(EndpointError::Credentials)
     );
     assert!(Endpoint::parse("collector:4318").is_err());
     assert!(Endpoint::parse("http://:4318").is_err());
@@ -369,11 +381,11 @@ fn endpoints() {
 }
 
 /// A port nothing listens on.
-fn dead_endpoint() -> Endpoint {
+fn dead_endpoint() -> Collector {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     drop(l);
-    Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("valid")
+    Collector::plain(Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("valid"))
 }
 
 fn counter(registry: &Registry, name: &str, label: Option<&str>) -> u64 {
@@ -434,53 +446,82 @@ async fn dead_collector_costs_bounded_memory_and_counted_drops() {
     );
 }
 
-/// A collector that answers `statuses` in turn (then 200), counting requests and keeping
-/// bodies.
-async fn fake_collector(
-    statuses: Vec<u16>,
-) -> (Endpoint, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+/// What a fake collector received: request heads and the bodies it accepted.
+#[derive(Default)]
+struct Received {
+    heads: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Received>>;
+
+/// A collector over plain http that answers `statuses` in turn (then 200).
+async fn fake_collector(statuses: Vec<u16>) -> (Collector, Shared) {
+    let (port, received) = serve_collector(statuses, None).await;
+    let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("valid");
+    (Collector::plain(endpoint), received)
+}
+
+/// Serves OTLP/HTTP on 127.0.0.1 (over TLS with `tls`); returns the port.
+async fn serve_collector(statuses: Vec<u16>, tls: Option<rustls::ServerConfig>) -> (u16, Shared) {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, status: u16, seen: &Shared) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let (head, body) = loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(at) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= at + 4 + len {
+                    break (text[..at].to_owned(), buf[at + 4..at + 4 + len].to_vec());
+                }
+            }
+        };
+        {
+            let mut seen = seen.lock().expect("lock");
+            seen.heads.push(head);
+            if status == 200 {
+                seen.bodies.push(body);
+            }
+        }
+        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\n{{}}");
+        let _ = s.write_all(answer.as_bytes()).await;
+        let _ = s.shutdown().await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = bodies.clone();
+    let received = Shared::default();
+    let seen = received.clone();
+    let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(c)));
     tokio::spawn(async move {
         let mut statuses = statuses.into_iter();
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let body = loop {
-                let n = read(&s, &mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break Vec::new();
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(at) = text.find("\r\n\r\n") {
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= at + 4 + len {
-                        break buf[at + 4..at + 4 + len].to_vec();
+            match &acceptor {
+                Some(a) => {
+                    // A client that refuses our certificate never gets to send a request.
+                    if let Ok(tls) = a.accept(s).await {
+                        one(tls, statuses.next().unwrap_or(200), &seen).await;
                     }
                 }
-            };
-            let status = statuses.next().unwrap_or(200);
-            if status == 200 {
-                seen.lock().expect("lock").push(body);
+                None => one(s, statuses.next().unwrap_or(200), &seen).await,
             }
-            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\n{{}}");
-            let _ = write_all(&s, answer.as_bytes()).await;
         }
     });
-    let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("valid");
-    (endpoint, bodies)
+    (port, received)
 }
 
 #[tokio::test]
@@ -506,7 +547,7 @@ async fn retries_after_503_and_429_then_exports() {
         counter(&registry, "tokentap_otlp_export_errors_total", None),
         2
     );
-    let bodies = bodies.lock().expect("lock");
+    let bodies = &bodies.lock().expect("lock").bodies;
     let spans: usize = bodies
         .iter()
         .flat_map(|b| len_fields(b, 1))
@@ -550,7 +591,7 @@ async fn a_refused_batch_is_not_retried_and_shutdown_flushes() {
         counter(&registry, "tokentap_otlp_spans_exported_total", None),
         1
     );
-    assert_eq!(bodies.lock().expect("lock").len(), 1);
+    assert_eq!(bodies.lock().expect("lock").bodies.len(), 1);
     // The raw POST against a 200 collector.
     let (endpoint, _) = fake_collector(vec![]).await;
     post(&endpoint, b"", Duration::from_secs(1))
@@ -600,4 +641,125 @@ fn resource_names_the_service_pod_and_workload() {
             .map(|kv| kv.value.clone()),
         s("python3")
     );
+}
+
+#[test]
+fn headers_in_the_otel_format() {
+    let h = parse_headers("api-key=abc%3D%3D, X-Tenant = team a ,\n# comment\nx-scope=1")
+        .expect("valid");
+    assert_eq!(
+        h,
+        [
+            ("api-key", "abc=="),
+            ("x-tenant", "team a"),
+            ("x-scope", "1")
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
+    assert_eq!(
+        parse_headers("a=1,a=2").expect("valid"),
+        [("a".to_owned(), "2".to_owned())],
+        "the later one wins"
+    );
+    for bad in [
+        "novalue",
+        "bad name=1",
+        "host=x",
+        "content-length=1",
+        "k=%zz",
+        "k=a%0Db",
+    ] {
+        let e = parse_headers(bad).expect_err(bad);
+        assert!(
+            !e.contains("zz") && !e.contains("a%0Db"),
+            "errors never echo values: {e}"
+        );
+    }
+    let c = Collector::plain(Endpoint::parse("http://c").expect("valid"));
+    let with_key = Collector {
+        headers: vec![("api-key".into(), "s3cr3t".into())],
+        ..c
+    };
+    let shown = format!("{with_key:?}");
+    assert!(
+        shown.contains("api-key") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+}
+
+/// https: the collector's certificate is checked against the CA given, headers go along,
+/// and a collector whose certificate does not verify is counted once per batch (no retry).
+#[tokio::test]
+async fn https_collector_with_headers_and_a_ca() {
+    let (ca_pem, server) = crate::tls_client::test_support::tls_server_config();
+    let (other_ca, _) = crate::tls_client::test_support::tls_server_config();
+    let dir = std::env::temp_dir().join(format!("tokentap-otlp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (ca_file, other_file) = (dir.join("ca.pem"), dir.join("other.pem"));
+    std::fs::write(&ca_file, ca_pem).expect("CA file");
+    std::fs::write(&other_file, other_ca).expect("CA file");
+    let (port, received) = serve_collector(vec![], Some(server)).await;
+    let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{port}")).expect("valid");
+    let headers = parse_headers("api-key=s3cr3t").expect("valid");
+
+    let collector =
+        Collector::new(endpoint.clone(), Some(&ca_file), headers.clone()).expect("collector");
+    let registry = Registry::new();
+    let config = ExporterConfig {
+        flush_interval: Duration::from_millis(20),
+        ..ExporterConfig::default()
+    };
+    let (mut sink, exporter) = start(collector, config.clone(), &registry);
+    sink.record(&record());
+    sink.record(&record());
+    exporter.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        counter(&registry, "tokentap_otlp_spans_exported_total", None),
+        2
+    );
+    {
+        let received = received.lock().expect("lock");
+        assert!(!received.bodies.is_empty());
+        assert!(
+            received.heads.iter().all(|h| h.contains("api-key: s3cr3t")),
+            "{:?}",
+            received.heads
+        );
+    }
+
+    let untrusted = Collector::new(endpoint, Some(&other_file), headers).expect("collector");
+    let registry = Registry::new();
+    let (mut sink, exporter) = start(untrusted, config, &registry);
+    sink.record(&record());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counter(
+        &registry,
+        "tokentap_otlp_spans_dropped_total",
+        Some("export_failed"),
+    ) < 1
+    {
+        assert!(std::time::Instant::now() < deadline, "refusal not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exporter.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(
+        counter(&registry, "tokentap_otlp_export_errors_total", None),
+        1,
+        "a certificate that does not verify is not retried"
+    );
+    assert_eq!(
+        received.lock().expect("lock").heads.len(),
+        1,
+        "nothing reached it"
+    );
+    assert!(
+        Collector::new(
+            Endpoint::parse("https://c").expect("valid"),
+            Some(&dir.join("missing.pem")),
+            vec![]
+        )
+        .is_err(),
+        "a CA file that cannot be read is an error at start"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -351,36 +351,12 @@ async fn resolver_follows_the_api_through_outages() {
     let _ = std::fs::remove_dir_all(proc_root);
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it: `(CA PEM, server config)`.
-fn tls_server_config() -> (String, rustls::ServerConfig) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
-    .expect("server config");
-    (ca.pem(), config)
-}
-
 /// In-cluster mode: https verified with the service account's CA, the token sent and re-read
 /// for every connection (bound tokens rotate), a CA that does not verify counted as `tls`.
 #[tokio::test]
 async fn https_with_the_service_accounts_ca_and_rotating_token() {
-    let (ca_pem, server_config) = tls_server_config();
-    let (wrong_ca, _) = tls_server_config();
+    let (ca_pem, server_config) = crate::tls_client::test_support::tls_server_config();
+    let (wrong_ca, _) = crate::tls_client::test_support::tls_server_config();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let heads = Arc::new(Mutex::new(Vec::<String>::new()));
