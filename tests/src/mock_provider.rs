@@ -482,7 +482,9 @@ fn unix_now() -> u64 {
 struct Shared {
     records: Mutex<Vec<RequestRecord>>,
     changed: Condvar,
-    live: Mutex<HashMap<usize, TcpStream>>,
+    /// Open connections, shut down when the mock is dropped. The same descriptor the
+    /// connection's thread uses (not a `try_clone`): one descriptor per connection.
+    live: Mutex<HashMap<usize, Arc<TcpStream>>>,
     seq: AtomicU64,
 }
 
@@ -502,21 +504,32 @@ fn accept_loop(
     stop: &AtomicBool,
 ) {
     let mut next_conn = 0;
+    let mut accept_failed = false;
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok((tcp, _)) = accepted else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Said once: a client whose connection stays in the backlog (EMFILE, say)
+                // sees only a handshake timeout.
+                if !accept_failed {
+                    accept_failed = true;
+                    eprintln!(
+                        "mock provider: accept failed after {next_conn} connections ({e}); retrying"
+                    );
+                }
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let conn_idx = next_conn;
         next_conn += 1;
-        if let Ok(clone) = tcp.try_clone() {
-            lock(&shared.live).insert(conn_idx, clone);
-        }
+        let tcp = SharedTcp(Arc::new(tcp));
+        lock(&shared.live).insert(conn_idx, Arc::clone(&tcp.0));
         let shared = Arc::clone(shared);
         let config = config.cloned();
         let _ = thread::Builder::new()
@@ -533,15 +546,35 @@ fn accept_loop(
 
 /// One accepted connection: TLS (the default) or plaintext ([`MockProvider::start_plaintext`]).
 enum Tls {
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
-    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, SharedTcp>>),
+    Plain(SharedTcp),
+}
+
+/// A connection's socket, shared with [`Shared::live`] so that dropping the mock can shut it
+/// down; it is closed when both let go.
+struct SharedTcp(Arc<TcpStream>);
+
+impl io::Read for SharedTcp {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedTcp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
 }
 
 impl Tls {
     fn tcp(&self) -> &TcpStream {
         match self {
-            Self::Tls(s) => &s.sock,
-            Self::Plain(s) => s,
+            Self::Tls(s) => &s.sock.0,
+            Self::Plain(s) => &s.0,
         }
     }
 
@@ -697,7 +730,7 @@ fn read_body(io: &mut HttpReader<Tls>, head: &Head) -> anyhow::Result<Vec<u8>> {
 fn serve_connection(
     shared: &Arc<Shared>,
     conn_idx: usize,
-    tcp: TcpStream,
+    tcp: SharedTcp,
     config: Option<Arc<ServerConfig>>,
 ) -> anyhow::Result<()> {
     let stream = match config {
