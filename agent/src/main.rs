@@ -179,9 +179,10 @@ fn otlp_exporter(
             }
         }
     }
-    let scheme = if endpoint.https { "https" } else { "http" };
+    // Not as a URL: tests and people look for the agent's own `http://` address in its log.
+    let scheme = if endpoint.https { "https" } else { "plain http" };
     log::info!(
-        "exporting one span per LLM call to the OTLP collector at {scheme}://{}{}{}",
+        "exporting one span per LLM call to the OTLP collector at {}{} over {scheme}{}",
         endpoint.authority(),
         endpoint.path,
         if headers.is_empty() {
