@@ -628,7 +628,7 @@ def plaintext_workloads(a, plain, tls_micro, venv_python):
         Workload("plaintext-tls", f"Plaintext option on TLS: the micro round trips (Python client, system OpenSSL, {a.round_trips} per run)",
                  "µs", modes, tls_micro, lambda m: "once" if m.startswith("tokentap") else None),
         Workload("plaintext-dd", f"Plaintext option on a process that is not HTTP: dd, 512-byte blocks /dev/zero to /dev/null ({a.dd_blocks} per run; per call = one read + one write)",
-                 "µs", modes, syscalls(["dd", "--blocks", str(a.dd_blocks)]), lambda m: "none" if m.startswith("tokentap") else None),
+                 "ns", modes, syscalls(["dd", "--blocks", str(a.dd_blocks)]), lambda m: "none" if m.startswith("tokentap") else None),
         Workload("plaintext-echo", f"Plaintext option on a process that is not HTTP: binary 64-byte TCP echo over loopback (Python client, {a.round_trips} per run)",
                  "µs", modes, syscalls(["echo", "--port", str(plain["echo"]["port"]), "--round-trips", str(a.round_trips)]),
                  lambda m: "none" if m.startswith("tokentap") else None),
@@ -659,7 +659,7 @@ GB** (ring-buffer losses: {lost:.0f}; peak RSS {rss:.1f} MiB; client wall {bulk[
 
 
 def section(w, samples):
-    scale = 1e6 if w.unit == "µs" else 1e3
+    scale = {"ns": 1e9, "µs": 1e6, "ms": 1e3}[w.unit]
 
     def med(mode, f):
         return statistics.median(f(r) for r in samples[mode])
