@@ -180,7 +180,11 @@ fn otlp_exporter(
         }
     }
     // Not as a URL: tests and people look for the agent's own `http://` address in its log.
-    let scheme = if endpoint.https { "https" } else { "plain http" };
+    let scheme = if endpoint.https {
+        "https"
+    } else {
+        "plain http"
+    };
     log::info!(
         "exporting one span per LLM call to the OTLP collector at {}{} over {scheme}{}",
         endpoint.authority(),

@@ -169,6 +169,7 @@ impl Probes {
             .override_global(globals::HEAD_BYTES, &config.head_bytes, true)
             .override_global(globals::TAIL_BYTES, &config.tail_bytes, true)
             .override_global(globals::WAKEUP_BYTES, &config.wakeup_bytes(), true)
+            .override_global(globals::AGENT_TGID, &std::process::id(), true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;

@@ -32,6 +32,8 @@ pub mod maps {
     pub const SYSCALL_WRITE_ARGS: &str = "SYSCALL_WRITE_ARGS";
     /// File descriptors seen carrying plaintext HTTP, keyed by `tgid << 32 | fd`.
     pub const PLAINTEXT_FDS: &str = "PLAINTEXT_FDS";
+    /// File descriptors whose last judged read did not start like HTTP: their reads are skipped.
+    pub const NON_HTTP_FDS: &str = "NON_HTTP_FDS";
 }
 
 /// Names of the eBPF programs (the functions in the eBPF crate carry exactly these names).
@@ -105,6 +107,9 @@ pub mod globals {
     /// records are written without a wakeup and the agent collects them on its next poll:
     /// a wakeup per record would cost every observed call an extra kernel round trip.
     pub const WAKEUP_BYTES: &str = "TOKENTAP_WAKEUP_BYTES";
+    /// The agent's own process id (`u32`): the plaintext syscall tracepoints skip its calls
+    /// (its own HTTP server and clients are not what it observes).
+    pub const AGENT_TGID: &str = "TOKENTAP_AGENT_TGID";
 }
 
 /// Largest payload carried by one TLS data record. A call's head and tail are cut into records

@@ -52,12 +52,29 @@ pub(crate) static SYSCALL_WRITE_ARGS: LruHashMap<u64, SyscallArgs> =
 #[map]
 pub(crate) static PLAINTEXT_FDS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// File descriptors not followed whose last judged read did not start like HTTP, keyed like
+/// `PLAINTEXT_FDS`: their reads stash nothing until a write on them starts like HTTP (which
+/// follows them) or `close`. LRU: an evicted entry only costs a read that is judged again.
+#[map]
+pub(crate) static NON_HTTP_FDS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<TlsDataRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Unread bytes above which a data record wakes the agent. Set by the agent at load time.
 #[unsafe(no_mangle)]
 static TOKENTAP_WAKEUP_BYTES: u64 = 1024 * 1024;
+
+/// The agent's own process id, whose socket calls the plaintext tracepoints skip. Set by the
+/// agent at load time.
+#[unsafe(no_mangle)]
+static TOKENTAP_AGENT_TGID: u32 = 0;
+
+/// Whether the current task belongs to the agent itself.
+#[inline(always)]
+pub(crate) fn is_agent(tgid: u32) -> bool {
+    tgid == unsafe { core::ptr::read_volatile(&TOKENTAP_AGENT_TGID) }
+}
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -6,7 +6,12 @@ Run by `cargo xtask bench` (as root). Workloads:
                over loopback against the rustls test server (roundtrip_client.py);
   - realistic: the real `openai` SDK (AsyncOpenAI) doing 64 concurrent streamed chat
                completions of 30 chunks each against the mock provider (llm_client.py);
-  - long:      non-streamed chat completions with 4 MB and 40 MB prompts (llm_client.py).
+  - long:      non-streamed chat completions with 4 MB and 40 MB prompts (llm_client.py);
+  - plaintext: what `--plaintext-http` (syscall tracepoints on every read/write of the node)
+               costs: small HTTP/1.1 round trips over plain TCP (roundtrip_client.py --plain
+               against plain_server.py), the openai SDK streaming from the mock provider over
+               http://, the TLS round trips of micro, and two processes that do not speak HTTP:
+               `dd` between /dev/zero and /dev/null, and a binary TCP echo (syscall_client.py).
 Modes:
   - none:      no probes;
   - floor:     the uprobes and uretprobes tokentap attaches, as no-op bpftrace programs;
@@ -18,7 +23,12 @@ Modes:
                spans (batched, OTLP/HTTP protobuf) to a sink on loopback (otlp_sink.py);
   - litellm:   the client talks plain HTTP to a LiteLLM proxy on loopback, which calls the mock
                over TLS; the proxy's CPU is reported as the observer's;
-  - tokentap:  the agent, default configuration.
+  - tokentap:  the agent, default configuration;
+  - floor-tracepoints (plaintext only): the 17 syscall tracepoints --plaintext-http attaches, as
+               no-op bpftrace programs: the cost of the tracepoints alone;
+  - tokentap-plaintext (plaintext only): the agent with --plaintext-http;
+  - tokentap-plaintext-compared (plaintext, with --compare-tokentap BUILD): another build of
+               the agent (e.g. before a change to its kernel programs) with --plaintext-http.
 otel and litellm need LLM calls, so the micro workload has no such columns.
 
 Runs are interleaved (the mode order rotates every run) and medians are reported: the client's
@@ -56,6 +66,7 @@ MODES = {
     "micro": ["none", "floor", "floor-entry-writes", "naive", "tokentap"],
     "realistic": ["none", "floor", "naive", "otel", "litellm", "tokentap"],
     "long": ["none", "floor", "naive", "otel", "litellm", "tokentap"],
+    "plaintext": ["none", "tokentap", "floor-tracepoints", "tokentap-plaintext"],
 }
 
 
@@ -134,7 +145,14 @@ def sum_series(text, name, label):
 # Observers: what runs beside the client in each mode
 
 
+# The syscall tracepoints tokentap attaches with --plaintext-http (agent/src/probes.rs).
+PLAINTEXT_SYSCALLS = ("write", "sendto", "writev", "sendmsg", "read", "recvfrom", "readv", "recvmsg")
+
+
 def bpftrace_program(mode, lib):
+    if mode == "floor-tracepoints":
+        probes = [f"tracepoint:syscalls:sys_{e}_{c}" for c in PLAINTEXT_SYSCALLS for e in ("enter", "exit")]
+        return "\n".join(p + " {}" for p in probes + ["tracepoint:syscalls:sys_enter_close"])
     if mode == "naive":
         def copy(ptr, n, d):
             # NAIVE_CHUNKS pieces of at most STRLEN bytes: buf() is capped at BPFTRACE_STRLEN.
@@ -197,8 +215,9 @@ class Bpftrace:
 
 
 class Tokentap:
-    def __init__(self, binary):
-        self.proc = subprocess.Popen([binary, "agent", "--listen", "127.0.0.1:0"],
+    def __init__(self, binary, plaintext_http=False):
+        flags = ["--plaintext-http"] if plaintext_http else []
+        self.proc = subprocess.Popen([binary, "agent", "--listen", "127.0.0.1:0"] + flags,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, RUST_LOG="info"))
         self.pid = self.proc.pid
@@ -213,12 +232,22 @@ class Tokentap:
             if "ready:" in line:
                 break
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self.captured_before = self.captured()
 
     def metrics(self):
         return http_get(f"http://{self.addr}/metrics")
 
+    def captured(self):
+        return sum_series(self.metrics(), "tokentap_captured_bytes_total", "direction=")
+
     def check(self, result, expect):
-        """The agent's token counters equal what the SDK saw (waits up to 10 s for them)."""
+        """expect None: the agent's token counters equal what the SDK saw (waits up to 10 s for
+        them). The plaintext workload says what the agent must have captured of the client's
+        `bytes`: "all" (both ends of plaintext HTTP: at least all of them), "once" (TLS: the
+        plaintext once, from the client's TLS hooks; never the ciphertext on the socket too), or
+        "none" (not HTTP, or plaintext without --plaintext-http: less than them, and no tokens)."""
+        if expect is not None:
+            return self.check_captured(result, expect)
         seen = result.get("seen")
         if seen is None:
             return "ok"
@@ -233,6 +262,14 @@ class Tokentap:
             if time.time() > deadline:
                 return f"MISMATCH tokens in/out agent {got[0]:.0f}/{got[1]:.0f}, SDK {want[0]}/{want[1]}"
             time.sleep(0.2)
+
+    def check_captured(self, result, expect):
+        time.sleep(0.5)  # the last records
+        # The SDK client does not count its bytes: for it "none" means no tokens.
+        got, sent = self.captured() - self.captured_before, result.get("bytes", float("inf"))
+        tokens = sum_series(self.metrics(), "tokentap_tokens_total", "gen_ai_token_type=")
+        ok = {"all": got >= sent, "once": sent <= got < 2 * sent, "none": got < sent and tokens == 0}[expect]
+        return "ok" if ok else f"MISMATCH captured {got:.0f} B, tokens {tokens:.0f}, client sent+received {sent} B, expected {expect}"
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
@@ -369,10 +406,12 @@ def run_client(cmd, on_timed=None):
 
 
 class Workload:
-    """One measured workload: how to run its client in a mode."""
+    """One measured workload: how to run its client in a mode; `expect(mode)`: what the agent
+    must have captured (see Tokentap.check), None for the token check."""
 
-    def __init__(self, name, title, unit, modes, client):
+    def __init__(self, name, title, unit, modes, client, expect=lambda mode: None):
         self.name, self.title, self.unit, self.modes, self.client = name, title, unit, modes, client
+        self.expect = expect
 
 
 def main():
@@ -384,13 +423,15 @@ def main():
     p.add_argument("--venv", required=True, help="bench venv: openai SDK + OpenTelemetry")
     p.add_argument("--gateway-venv", help="LiteLLM proxy venv")
     p.add_argument("--gateway-unavailable", help="why there is no LiteLLM venv (the litellm mode is skipped)")
-    p.add_argument("--workload", default="all", choices=["micro", "realistic", "long", "all"])
+    p.add_argument("--workload", default="all", choices=["micro", "realistic", "long", "plaintext", "all"])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--round-trips", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5, help="realistic: rounds of 64 streams per run")
     p.add_argument("--long-calls", type=int, default=2, help="long: calls per prompt size per run")
     p.add_argument("--prompt-mb", default="4,40")
     p.add_argument("--bulk-mb", type=int, default=512, help="micro: agent CPU per GB over a download this big")
+    p.add_argument("--compare-tokentap", help="plaintext: also run this agent build with --plaintext-http")
+    p.add_argument("--dd-blocks", type=int, default=2_000_000, help="plaintext: dd's 512-byte blocks per run")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
@@ -404,12 +445,14 @@ def main():
         mounted_tracefs = subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"]).returncode == 0
 
     venv_python = os.path.join(a.venv, "bin", "python")
+    if a.compare_tokentap:
+        MODES["plaintext"].append("tokentap-plaintext-compared")
     if not a.gateway_venv:
         reason = a.gateway_unavailable or "no --gateway-venv"
         for modes in MODES.values():
             if "litellm" in modes:
                 modes.remove("litellm")
-    workloads_wanted = ["micro", "realistic", "long"] if a.workload == "all" else [a.workload]
+    workloads_wanted = ["micro", "realistic", "long", "plaintext"] if a.workload == "all" else [a.workload]
     started = {"time": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), "load": os.getloadavg()}
     workdir = tempfile.mkdtemp(prefix="tokentap-bench-")
     owned = []  # long-lived helpers to close at the end
@@ -423,14 +466,22 @@ def main():
         mock = subprocess.Popen([a.mock], stdout=subprocess.PIPE, text=True)
         owned.append(mock)
         minfo = json.loads(mock.stdout.readline())
+        if "plaintext" in workloads_wanted:
+            plain = {}
+            for name, cmd in (("mock", [a.mock, "--plaintext"]),
+                              ("http", [a.python, os.path.join(HERE, "plain_server.py"), "http"]),
+                              ("echo", [a.python, os.path.join(HERE, "plain_server.py"), "echo"])):
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+                owned.append(proc)
+                plain[name] = json.loads(proc.stdout.readline())
         sink = gateway = None
 
         workloads = []
+        def micro(extra, on_timed=None):
+            r = run_client([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
+                            "--cafile", info["ca_file"], "--round-trips", str(a.round_trips)], on_timed)
+            return {"calls": r["round_trips"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "bytes": r["bytes"]}
         if "micro" in workloads_wanted:
-            def micro(extra, on_timed=None):
-                r = run_client([a.python, os.path.join(HERE, "roundtrip_client.py"), "--port", str(info["port"]),
-                                "--cafile", info["ca_file"], "--round-trips", str(a.round_trips)], on_timed)
-                return {"calls": r["round_trips"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]}
             workloads.append(Workload("micro", f"Small TLS round trips (Python client, system OpenSSL, loopback, {a.round_trips} per run)",
                                       "µs", MODES["micro"], micro))
 
@@ -449,6 +500,8 @@ def main():
                 workloads.append(Workload(
                     f"long-{mb}MB", f"Long context: non-streamed chat completions with a {mb} MB prompt ({a.long_calls} calls per run)",
                     "ms", MODES["long"], llm(["long", "--prompt-mb", str(mb), "--calls", str(a.long_calls)])))
+        if "plaintext" in workloads_wanted:
+            workloads.extend(plaintext_workloads(a, plain, micro, venv_python))
 
         for w in workloads:
             if "otel" in w.modes and sink is None:
@@ -457,7 +510,7 @@ def main():
             if "litellm" in w.modes and gateway is None:
                 print("overhead.py: starting the LiteLLM proxy", file=sys.stderr)
                 gateway = Gateway(a.gateway_venv, minfo["port"], minfo["ca_file"], workdir)
-            libssl = python_libssl(a.python if w.name == "micro" else venv_python)
+            libssl = python_libssl(a.python if w.name == "micro" else venv_python) if "floor" in w.modes else None
             samples = {m: [] for m in w.modes}
             w.client([])  # warm-up: page cache, the mock's first connections
             for run in range(a.runs):
@@ -470,6 +523,10 @@ def main():
                         obs = Bpftrace(mode, libssl)
                     elif mode == "tokentap":
                         obs = Tokentap(a.tokentap)
+                    elif mode == "tokentap-plaintext":
+                        obs = Tokentap(a.tokentap, plaintext_http=True)
+                    elif mode == "tokentap-plaintext-compared":
+                        obs = Tokentap(a.compare_tokentap, plaintext_http=True)
                     elif mode == "otel":
                         obs = OtelMode(sink)
                         extra = ["--otel-endpoint", sink.endpoint]
@@ -482,7 +539,7 @@ def main():
                         time.sleep(0.3)  # the observer's last events
                         r["observer_cpu_s"] = cpu_seconds(obs.pid) - c0[0]
                         r["observer_rss_mib"] = peak_rss_mib(obs.pid)
-                    r["check"] = obs.check(r, None)
+                    r["check"] = obs.check(r, w.expect(mode))
                     if r["check"] != "ok":
                         failures.append(f"{w.name} {mode} run {run + 1}: {r['check']}")
                     obs.stop()
@@ -511,7 +568,8 @@ def main():
     else:
         litellm_version = f"litellm: n/a ({reason})"
     command = (f"cargo xtask bench --workload {a.workload} --runs {a.runs} --round-trips {a.round_trips} "
-               f"--rounds {a.rounds} --long-calls {a.long_calls} --prompt-mb {a.prompt_mb} --bulk-mb {a.bulk_mb}")
+               f"--rounds {a.rounds} --long-calls {a.long_calls} --prompt-mb {a.prompt_mb} --bulk-mb {a.bulk_mb}"
+               f" --dd-blocks {a.dd_blocks}" + (f" --compare-tokentap {a.compare_tokentap}" if a.compare_tokentap else ""))
     load = lambda l: " ".join(f"{x:.2f}" for x in l)  # noqa: E731
     report = f"""# tokentap overhead
 
@@ -524,7 +582,10 @@ Medians over {a.runs} interleaved runs per mode. Client CPU is the client proces
 (uprobe traps are charged to it; in otel mode it includes the span export thread). Observer: the
 process doing the observing (tokentap agent, bpftrace, LiteLLM proxy), its CPU during the timed
 loop (plus 0.3 s for its last events) and its peak RSS. Total CPU = client + observer. The check column: tokentap's token counters
-equal what the SDK saw; otel's sink received one span per call; bpftrace lost no events.
+equal what the SDK saw; otel's sink received one span per call; bpftrace lost no events. In the
+plaintext sections (tokentap-plaintext: the agent with `--plaintext-http`): plain HTTP is captured
+whole with the option and not at all without it, TLS is captured once (its plaintext, never its
+ciphertext on the socket), and the processes that do not speak HTTP are not captured.
 
 {chr(10).join(sections)}
 {goals(stats)}"""
@@ -536,6 +597,42 @@ equal what the SDK saw; otel's sink received one span per call; bpftrace lost no
     print(report)
     if failures:
         fail(f"{len(failures)} runs failed their checks (see {a.out})")
+
+
+def plaintext_workloads(a, plain, tls_micro, venv_python):
+    """What --plaintext-http costs: plaintext HTTP itself, TLS, and processes that are not HTTP."""
+    modes = MODES["plaintext"]
+    tracked = {"none": None, "floor-tracepoints": None, "tokentap": "none", "tokentap-plaintext": "all",
+               "tokentap-plaintext-compared": "all"}
+
+    def http(extra, on_timed=None):
+        r = run_client([a.python, os.path.join(HERE, "roundtrip_client.py"), "--plain", "--port",
+                        str(plain["http"]["port"]), "--round-trips", str(a.round_trips)], on_timed)
+        return {"calls": r["round_trips"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "bytes": r["bytes"]}
+
+    def sdk(extra, on_timed=None):
+        port = plain["mock"]["port"]
+        return run_client([venv_python, os.path.join(HERE, "llm_client.py"), "--port", str(port),
+                           "--cafile", plain["mock"]["ca_file"], "--base-url", f"http://127.0.0.1:{port}/v1",
+                           "realistic", "--rounds", str(a.rounds)], on_timed)
+
+    def syscalls(args):
+        return lambda extra, on_timed=None: run_client(
+            [a.python, os.path.join(HERE, "syscall_client.py")] + args, on_timed)
+
+    return [
+        Workload("plaintext-http", f"Plaintext: small HTTP/1.1 round trips over plain TCP (Python client, loopback, {a.round_trips} per run)",
+                 "µs", modes, http, lambda m: tracked[m]),
+        Workload("plaintext-sdk", f"Plaintext: streamed chat completions over http:// (openai SDK, AsyncOpenAI, 64 concurrent streams of 30 chunks, {a.rounds * 64} calls per run)",
+                 "ms", modes, sdk, lambda m: "none" if m == "tokentap" else None),
+        Workload("plaintext-tls", f"Plaintext option on TLS: the micro round trips (Python client, system OpenSSL, {a.round_trips} per run)",
+                 "µs", modes, tls_micro, lambda m: "once" if m.startswith("tokentap") else None),
+        Workload("plaintext-dd", f"Plaintext option on a process that is not HTTP: dd, 512-byte blocks /dev/zero to /dev/null ({a.dd_blocks} per run; per call = one read + one write)",
+                 "ns", modes, syscalls(["dd", "--blocks", str(a.dd_blocks)]), lambda m: "none" if m.startswith("tokentap") else None),
+        Workload("plaintext-echo", f"Plaintext option on a process that is not HTTP: binary 64-byte TCP echo over loopback (Python client, {a.round_trips} per run)",
+                 "µs", modes, syscalls(["echo", "--port", str(plain["echo"]["port"]), "--round-trips", str(a.round_trips)]),
+                 lambda m: "none" if m.startswith("tokentap") else None),
+    ]
 
 
 def bulk_capture(a, info):
@@ -562,7 +659,7 @@ GB** (ring-buffer losses: {lost:.0f}; peak RSS {rss:.1f} MiB; client wall {bulk[
 
 
 def section(w, samples):
-    scale = 1e6 if w.unit == "µs" else 1e3
+    scale = {"ns": 1e9, "µs": 1e6, "ms": 1e3}[w.unit]
 
     def med(mode, f):
         return statistics.median(f(r) for r in samples[mode])

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark client: small request/response round trips over one TLS connection (system OpenSSL).
+"""Benchmark client: small request/response round trips over one TLS connection (system OpenSSL),
+or with `--plain` over plain TCP (plain_server.py http, no TLS).
 
 Prints `timed` when the timed loop starts, then one JSON object: round trips, wall seconds, CPU
 seconds (user+sys of this process) for the timed loop only, and the bytes moved. A bulk mode downloads large bodies instead, to measure the
@@ -47,12 +48,15 @@ def read_response(sock):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cafile", required=True)
+    p.add_argument("--cafile", help="the server's CA (TLS; not with --plain)")
+    p.add_argument("--plain", action="store_true", help="plain HTTP over TCP, no TLS")
     p.add_argument("--round-trips", type=int, default=20000)
     p.add_argument("--bulk-mb", type=int, default=0, help="download this many MiB in 8 MiB bodies instead")
     a = p.parse_args()
-    ctx = ssl.create_default_context(cafile=a.cafile)
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", a.port)), server_hostname="localhost")
+    sock = socket.create_connection(("127.0.0.1", a.port))
+    if not a.plain:
+        ctx = ssl.create_default_context(cafile=a.cafile)
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if a.bulk_mb:
         req = b"GET /bytes/8388608 HTTP/1.1\r\nHost: localhost\r\n\r\n"

@@ -5,7 +5,9 @@ openai SDK with base_url http://127.0.0.1:PORT/v1 (chat, non-streamed and stream
 several calls on one keep-alive connection), and Ollama's native POST /api/chat, streamed as
 NDJSON and not, with the standard library's http.client; then two non-streamed Ollama calls on
 raw sockets through the vectored syscalls: sendmsg/recvmsg, and os.writev/os.readv with the
-request and the answer split over several buffers.
+request and the answer split over several buffers; and one more over plain write/read on a
+descriptor number whose last read was not HTTP (a file's, replaced by the socket with dup2, which
+closes nothing the agent sees): its request write must make it followed again.
 
 Prints one JSON document on stdout: this process's pid and, per call, the model asked for,
 whether it streamed, the HTTP status and the token counts the client itself parsed.
@@ -99,6 +101,38 @@ def vectored_calls(port, calls):
                           answer["prompt_eval_count"], answer["eval_count"]))
 
 
+def stale_fd_call(port, calls):
+    import socket
+
+    model = "llama3.2-chunks4"
+    body = json.dumps({"model": model, "messages": MESSAGES, "stream": False}).encode()
+    head = (
+        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    assert not os.read(fd, 64).startswith(b"HTTP")  # this fd's last read: not HTTP
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setblocking(True)
+    os.dup2(sock.fileno(), fd)
+    sock.close()
+    request = head + body
+    while request:
+        request = request[os.write(fd, request):]
+    raw = b""
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        raw += data
+    os.close(fd)
+    status_line, _, rest = raw.partition(b"\r\n")
+    answer = json.loads(rest.partition(b"\r\n\r\n")[2])
+    calls.append(call(model, False, int(status_line.split()[1]),
+                      answer["prompt_eval_count"], answer["eval_count"]))
+
+
 def call(model, streaming, status, input_tokens, output_tokens):
     return {"model": model, "streaming": streaming, "status": status,
             "input": input_tokens, "output": output_tokens}
@@ -115,6 +149,7 @@ def main():
     openai_calls(args.port, calls)
     ollama_calls(args.port, calls)
     vectored_calls(args.port, calls)
+    stale_fd_call(args.port, calls)
     json.dump({"pid": os.getpid(), "calls": calls}, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -1,7 +1,9 @@
 //! End-to-end: plaintext HTTP (`--plaintext-http`). The real openai SDK with
 //! `base_url=http://127.0.0.1:PORT/v1`, and an Ollama-shaped NDJSON exchange (`POST /api/chat`),
 //! talk to the mock provider in plaintext mode while `tokentap agent --plaintext-http` runs; the
-//! same Ollama call also goes through `sendmsg`/`recvmsg` and `writev`/`readv`. The
+//! same Ollama call also goes through `sendmsg`/`recvmsg` and `writev`/`readv`, and through
+//! `write`/`read` on a descriptor number whose last read was not HTTP (a file's, replaced by
+//! the socket with `dup2`): the in-kernel skip of such reads must end at the request. The
 //! exchange log must hold exactly the client's calls, with the token counts the client parsed.
 //! The mock runs in this test process, so the same exchanges are also seen from the server's
 //! side (its `recvfrom`/`sendto`), and must match too. A TLS call made meanwhile must be
@@ -99,7 +101,7 @@ fn plaintext_openai_sdk_and_ollama_ndjson_equal_ground_truth() {
     let mock_records = plain.wait_requests(report.calls.len(), Duration::from_secs(10));
 
     // The client's own view against the mock's: if this fails, the test is at fault.
-    assert_eq!(report.calls.len(), 9, "{report:?}");
+    assert_eq!(report.calls.len(), 10, "{report:?}");
     assert_eq!(mock_records.len(), report.calls.len());
     for c in &report.calls {
         assert!(c.status == 200 && c.input > 0 && c.output > 0, "{c:?}");
@@ -144,7 +146,7 @@ fn plaintext_openai_sdk_and_ollama_ndjson_equal_ground_truth() {
             .iter()
             .all(|a| *a == "openai.chat_completions")
     );
-    assert_eq!(api_of("llama3.2"), ["ollama.chat"; 4]);
+    assert_eq!(api_of("llama3.2"), ["ollama.chat"; 5]);
 
     // The mock (this process) answered the same exchanges: seen from the server's side.
     let server_side = logged_calls(&records, u64::from(std::process::id()), "server");

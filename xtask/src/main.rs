@@ -55,7 +55,8 @@ enum Task {
     /// gateway. Writes bench-results/overhead.md.
     Bench {
         /// micro (TLS round trips), realistic (streamed chat completions), long (4 and 40 MB
-        /// prompts), or all.
+        /// prompts), plaintext (what --plaintext-http costs HTTP, TLS and non-HTTP processes),
+        /// or all.
         #[arg(long, default_value = "all")]
         workload: String,
         /// Runs per mode (modes are interleaved; medians are reported).
@@ -76,6 +77,13 @@ enum Task {
         /// micro: MiB downloaded to measure the agent's CPU per GB captured (0 skips it).
         #[arg(long, default_value_t = 512)]
         bulk_mb: u32,
+        /// plaintext: dd's 512-byte blocks per run (a process that is not HTTP).
+        #[arg(long, default_value_t = 2_000_000)]
+        dd_blocks: u64,
+        /// plaintext: also measure this other build of the agent with --plaintext-http (e.g.
+        /// a copy of target/release/tokentap from before a change to the kernel programs).
+        #[arg(long, value_name = "BINARY")]
+        compare_tokentap: Option<PathBuf>,
     },
     /// Soak: mixed LLM traffic from short-lived client processes while the agent runs, then a
     /// call-by-call check of its exchange log; report in bench-results/soak.md.
@@ -128,8 +136,10 @@ fn main() {
             long_calls,
             prompt_mb,
             bulk_mb,
+            dd_blocks,
+            compare_tokentap,
         } => setup().and_then(|()| {
-            bench(&[
+            let mut options = vec![
                 ("--workload", workload),
                 ("--runs", runs.to_string()),
                 ("--round-trips", round_trips.to_string()),
@@ -137,7 +147,12 @@ fn main() {
                 ("--long-calls", long_calls.to_string()),
                 ("--prompt-mb", prompt_mb),
                 ("--bulk-mb", bulk_mb.to_string()),
-            ])
+                ("--dd-blocks", dd_blocks.to_string()),
+            ];
+            if let Some(binary) = compare_tokentap {
+                options.push(("--compare-tokentap", binary.display().to_string()));
+            }
+            bench(&options)
         }),
         Task::Soak {
             minutes,
@@ -528,14 +543,23 @@ fn bench(options: &[(&str, String)]) -> anyhow::Result<()> {
         "the benchmark's client venv",
         |_| Ok(()),
     )?;
-    // The gateway column is optional: without it the report says why.
-    let gateway = ensure_venv(
-        &gateway_venv,
-        Path::new("python3"),
-        GATEWAY_REQUIREMENTS,
-        "the benchmark's LiteLLM venv (about 2 minutes)",
-        |_| Ok(()),
-    );
+    // The gateway column is optional: without it the report says why. Only the LLM workloads
+    // have it.
+    let workload = options
+        .iter()
+        .find(|(flag, _)| *flag == "--workload")
+        .map_or("all", |(_, value)| value.as_str());
+    let gateway = if matches!(workload, "micro" | "plaintext") {
+        Err(anyhow::anyhow!("not needed by --workload {workload}"))
+    } else {
+        ensure_venv(
+            &gateway_venv,
+            Path::new("python3"),
+            GATEWAY_REQUIREMENTS,
+            "the benchmark's LiteLLM venv (about 2 minutes)",
+            |_| Ok(()),
+        )
+    };
     let root = workspace_root();
     run_cmd(tool("cargo").current_dir(&root).args([
         "build",

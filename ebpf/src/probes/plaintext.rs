@@ -8,7 +8,10 @@
 //! method or `HTTP/`), and from then on every call on it is captured until `close`. Writes are
 //! filtered at entry (the bytes are already there): a write on an fd not followed stashes
 //! nothing unless its first four bytes look like HTTP. Reads can only be judged at exit, so
-//! their entry stashes the arguments (one hash update per read).
+//! their entry stashes the arguments (one hash update per read), except on an fd whose last
+//! judged read did not look like HTTP (`NON_HTTP_FDS`): there the entry is one lookup. Such an
+//! fd is judged again once a write on it starts like HTTP (which follows it) or it is closed.
+//! The agent's own calls are skipped first.
 //!
 //! TLS is never counted twice: a TLS connection's bytes on the socket are records, which start
 //! with a content-type byte (0x14..=0x18), never with an ASCII method or `HTTP`, so its fd is
@@ -32,7 +35,7 @@ use tokentap_common::{
 
 use crate::{
     capture::{TlsCall, emit_tls_call, skip_stream_bytes},
-    maps::{PLAINTEXT_FDS, SYSCALL_READ_ARGS, SYSCALL_WRITE_ARGS, count},
+    maps::{NON_HTTP_FDS, PLAINTEXT_FDS, SYSCALL_READ_ARGS, SYSCALL_WRITE_ARGS, count, is_agent},
     probes::ssl_free::end_connection,
 };
 
@@ -203,6 +206,29 @@ fn followed(tgid: u32, fd: u32) -> bool {
     unsafe { PLAINTEXT_FDS.get(&fd_key(tgid, fd)) }.is_some()
 }
 
+/// Whether the fd's last judged read did not start like HTTP (and no write on it has since).
+#[inline(always)]
+fn known_non_http(tgid: u32, fd: u32) -> bool {
+    unsafe { NON_HTTP_FDS.get(&fd_key(tgid, fd)) }.is_some()
+}
+
+/// From now on every call on the fd is captured.
+#[inline(always)]
+fn follow(tgid: u32, fd: u32) {
+    let key = fd_key(tgid, fd);
+    let _ = NON_HTTP_FDS.remove(&key);
+    let _ = PLAINTEXT_FDS.insert(&key, &0, 0);
+}
+
+/// A call on an fd not followed did not start like HTTP: a read marks the fd so that its next
+/// reads are skipped at entry; a write leaves it alone (writes are judged at entry anyway).
+#[inline(always)]
+fn not_http(direction: Direction, tgid: u32, fd: u32) {
+    if direction == Direction::Read {
+        let _ = NON_HTTP_FDS.insert(&fd_key(tgid, fd), &0, 0);
+    }
+}
+
 #[inline(always)]
 fn stash(map: &LruHashMap<u64, SyscallArgs>, pid_tgid: u64, fd: u32, buf: u64, iov_count: u64) {
     let args = SyscallArgs {
@@ -218,9 +244,13 @@ fn stash(map: &LruHashMap<u64, SyscallArgs>, pid_tgid: u64, fd: u32, buf: u64, i
 
 #[inline(always)]
 fn stash_write(ctx: &TracePointContext) -> Result<(), ()> {
-    let (fd, buf) = fd_and_buf(ctx)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    if followed((pid_tgid >> 32) as u32, fd) || starts_like_http(buf) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_agent(tgid) {
+        return Ok(());
+    }
+    let (fd, buf) = fd_and_buf(ctx)?;
+    if followed(tgid, fd) || starts_like_http(buf) {
         stash(&SYSCALL_WRITE_ARGS, pid_tgid, fd, buf, 0);
     }
     Ok(())
@@ -228,15 +258,30 @@ fn stash_write(ctx: &TracePointContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn stash_read(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_agent(tgid) {
+        return Ok(());
+    }
     let (fd, buf) = fd_and_buf(ctx)?;
-    stash(&SYSCALL_READ_ARGS, bpf_get_current_pid_tgid(), fd, buf, 0);
+    if !known_non_http(tgid, fd) {
+        stash(&SYSCALL_READ_ARGS, pid_tgid, fd, buf, 0);
+    }
     Ok(())
 }
 
 /// `writev`/`readv(fd, iov, iovcnt)` or `sendmsg`/`recvmsg(fd, msg, flags)`.
 #[inline(always)]
 fn stash_vectored(ctx: &TracePointContext, direction: Direction, msghdr: bool) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_agent(tgid) {
+        return Ok(());
+    }
     let (fd, arg1) = fd_and_buf(ctx)?;
+    if direction == Direction::Read && known_non_http(tgid, fd) {
+        return Ok(());
+    }
     let (iov, iov_count) = if msghdr {
         let iov: u64 =
             unsafe { bpf_probe_read_user((arg1 + MSG_IOV) as *const u64) }.map_err(|_| ())?;
@@ -249,11 +294,10 @@ fn stash_vectored(ctx: &TracePointContext, direction: Direction, msghdr: bool) -
     if iov == 0 || iov_count == 0 {
         return Ok(());
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     match direction {
         Direction::Write => {
             let first = unsafe { bpf_probe_read_user(iov as *const Iovec) }.map_err(|_| ())?;
-            if followed((pid_tgid >> 32) as u32, fd) || starts_like_http(first.base) {
+            if followed(tgid, fd) || starts_like_http(first.base) {
                 stash(&SYSCALL_WRITE_ARGS, pid_tgid, fd, iov, iov_count);
             }
         }
@@ -287,9 +331,10 @@ fn finish(ctx: &TracePointContext, direction: Direction, function: TlsFunction) 
     if args.iov_count == 0 {
         if !followed(tgid, fd) {
             if !starts_like_http(args.buf_addr) {
+                not_http(direction, tgid, fd);
                 return Ok(());
             }
-            let _ = PLAINTEXT_FDS.insert(&fd_key(tgid, fd), &0, 0);
+            follow(tgid, fd);
         }
         emit_tls_call(&TlsCall {
             conn,
@@ -305,9 +350,10 @@ fn finish(ctx: &TracePointContext, direction: Direction, function: TlsFunction) 
         let first =
             unsafe { bpf_probe_read_user(args.buf_addr as *const Iovec) }.map_err(|_| ())?;
         if !starts_like_http(first.base) {
+            not_http(direction, tgid, fd);
             return Ok(());
         }
-        let _ = PLAINTEXT_FDS.insert(&fd_key(tgid, fd), &0, 0);
+        follow(tgid, fd);
     }
     // The kernel filled (or took) the buffers in order: the first `ret` bytes of the array.
     let mut remaining = ret as u64;
@@ -347,6 +393,7 @@ fn try_close(ctx: &TracePointContext) -> Result<(), ()> {
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(|_| ())?;
     let fd = fd as u32;
     let key = fd_key((bpf_get_current_pid_tgid() >> 32) as u32, fd);
+    let _ = NON_HTTP_FDS.remove(&key);
     if unsafe { PLAINTEXT_FDS.get(&key) }.is_some() {
         let _ = PLAINTEXT_FDS.remove(&key);
         end_connection(plaintext_conn(fd));

@@ -5,13 +5,29 @@
 //! cargo run -p tokentap-tests --bin mock-provider
 //! target/e2e-venv/bin/python tests/clients/sdk_client.py --port PORT --cafile CA_FILE
 //! ```
+//!
+//! `mock-provider --plaintext` serves plain HTTP (`http://127.0.0.1:PORT`) instead, as
+//! in-cluster model servers do.
 
 use std::io::Write;
 
 use tokentap_tests::mock_provider::MockProvider;
 
 fn main() {
-    let server = match MockProvider::start() {
+    let plaintext = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--plaintext") => true,
+        Some(other) => {
+            eprintln!("mock-provider: unknown argument {other:?}; the only option is --plaintext");
+            std::process::exit(2);
+        }
+    };
+    let started = if plaintext {
+        MockProvider::start_plaintext()
+    } else {
+        MockProvider::start()
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mock-provider: error: {e:#}");
