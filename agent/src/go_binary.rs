@@ -10,19 +10,24 @@
 //! then fails (`unexpected return pc`). The instructions are found with a real x86-64
 //! decoder: the byte `C3` also occurs inside other instructions (immediates, displacements).
 //!
+//! The functions are looked up in `.symtab`. A binary linked with `-ldflags=-s` (usual in
+//! container images) has none; its functions are then found in Go's own function table,
+//! `.gopclntab`, which every Go executable keeps for stack traces (see [`crate::go_pclntab`]):
+//! the same entries, and the same `RET`s, since a function ends where the next one starts.
+//!
 //! Supported: ELF x86-64 executables built by Go 1.17 or later (the register ABI, whose
-//! argument registers the kernel programs read) that keep their symbol table. A binary
-//! linked with `-ldflags=-s` has no `.symtab`; it is reported as unsupported when its
-//! `.gopclntab` names `crypto/tls.(*Conn).Read`. arm64 would need the arm64 register
-//! assignment in the kernel programs (receiver and buffer in R0–R2, `g` in R28) and `RET`
-//! found by fixed-width decoding; it is not built or tested here.
+//! argument registers the kernel programs read), with or without a symbol table. arm64 would
+//! need the arm64 register assignment in the kernel programs (receiver and buffer in R0–R2,
+//! `g` in R28) and `RET` found by fixed-width decoding; it is not built or tested here.
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
 use object::{
     Architecture, Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::elf::ElfFile64,
 };
 
-/// The functions hooked, as named in a Go binary's symbol table.
+use crate::go_pclntab::{FuncRange, MAX_PCLNTAB_BYTES, Pclntab, PclntabError};
+
+/// The functions hooked, as named in a Go binary's symbol table and function table.
 pub const WRITE_SYMBOL: &str = "crypto/tls.(*Conn).Write";
 pub const READ_SYMBOL: &str = "crypto/tls.(*Conn).Read";
 pub const CLOSE_SYMBOL: &str = "crypto/tls.(*Conn).Close";
@@ -58,11 +63,31 @@ pub struct GoFunction {
 pub struct GoTlsHooks {
     /// The toolchain's version string (`go1.19.8`).
     pub version: String,
+    /// Where the functions were found.
+    pub found_in: FunctionTable,
     /// Entry of `(*Conn).Write` (writes are copied at entry: see `ebpf/src/probes/go_tls.rs`).
     pub write: u64,
     pub read: GoFunction,
     /// Entry of `(*Conn).Close`, which ends a connection; absent if the linker dropped it.
     pub close: Option<u64>,
+}
+
+/// The table that named the hooked functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionTable {
+    /// The ELF symbol table.
+    Symtab,
+    /// Go's own function table, kept by binaries linked with `-ldflags=-s`.
+    Pclntab,
+}
+
+impl FunctionTable {
+    pub fn section_name(self) -> &'static str {
+        match self {
+            FunctionTable::Symtab => ".symtab",
+            FunctionTable::Pclntab => ".gopclntab",
+        }
+    }
 }
 
 /// Why no hooks were found.
@@ -97,23 +122,44 @@ pub fn analyse<'data, R: ReadRef<'data>>(data: R) -> Result<GoTlsHooks, GoBinary
     let parsed = parse_version(&version)
         .ok_or_else(|| GoBinaryError::Malformed(format!("Go version {version:?}")))?;
 
-    let symbols = find_symbols(&elf);
+    let mut symbols = find_symbols(&elf);
+    let mut found_in = FunctionTable::Symtab;
+    if symbols.read.is_none() {
+        // A symbol table without the functions: the program does not link crypto/tls.
+        if elf.symbol_table().is_some() {
+            return Err(GoBinaryError::NoCryptoTls);
+        }
+        symbols = pclntab_symbols(&elf, &version, parsed)?;
+        found_in = FunctionTable::Pclntab;
+    }
     let Some(read) = symbols.read else {
-        return if elf.symbol_table().is_none() {
-            if names_crypto_tls(&elf) {
-                Err(GoBinaryError::Unsupported(format!(
-                    "{version} binary without a symbol table (built with -ldflags=-s)"
-                )))
-            } else {
-                Err(GoBinaryError::NoCryptoTls)
-            }
-        } else {
-            Err(GoBinaryError::NoCryptoTls)
-        };
+        return Err(GoBinaryError::NoCryptoTls);
     };
     let Some(write) = symbols.write else {
         return Err(GoBinaryError::NoCryptoTls);
     };
+    hookable(&elf, &version, parsed)?;
+    let write = file_offset(&elf, write.0)?;
+    let read = function(&elf, data, read)?;
+    let close = match symbols.close {
+        Some((addr, _)) => Some(file_offset(&elf, addr)?),
+        None => None,
+    };
+    Ok(GoTlsHooks {
+        version,
+        found_in,
+        write,
+        read,
+        close,
+    })
+}
+
+/// Refuses what the kernel programs cannot read: another architecture, or the stack ABI.
+fn hookable<'data, R: ReadRef<'data>>(
+    elf: &ElfFile64<'data, object::Endianness, R>,
+    version: &str,
+    parsed: GoVersion,
+) -> Result<(), GoBinaryError> {
     if elf.architecture() != Architecture::X86_64 {
         return Err(GoBinaryError::Unsupported(format!(
             "{version} binary for {:?}; only x86-64 is supported",
@@ -125,18 +171,7 @@ pub fn analyse<'data, R: ReadRef<'data>>(data: R) -> Result<GoTlsHooks, GoBinary
             "{version} predates the register ABI of Go 1.17"
         )));
     }
-    let write = file_offset(&elf, write.0)?;
-    let read = function(&elf, data, read)?;
-    let close = match symbols.close {
-        Some((addr, _)) => Some(file_offset(&elf, addr)?),
-        None => None,
-    };
-    Ok(GoTlsHooks {
-        version,
-        write,
-        read,
-        close,
-    })
+    Ok(())
 }
 
 /// (address, size) of each hooked symbol.
@@ -165,16 +200,108 @@ fn find_symbols<'data, R: ReadRef<'data>>(
     found
 }
 
-/// Whether a stripped binary's function name table mentions `crypto/tls.(*Conn).Read`.
-fn names_crypto_tls<'data, R: ReadRef<'data>>(
+/// The hooked functions from `.gopclntab`, for a binary without a symbol table.
+///
+/// From Go 1.18 on the table gives entries relative to `runtime.text`, which a stripped binary
+/// does not name. Candidates are the header's `textStart` (filled in by Go 1.18–1.19 linkers)
+/// and the start of `.text` (where Go's internal linker puts `runtime.text`; an external
+/// linker may put C start-up code first). A candidate is taken only if it puts Go's
+/// stack-bound check at the entries of `Write` and `Read` (and `Close` is kept only if it
+/// has one too), so a wrong base never places a probe inside an instruction.
+fn pclntab_symbols<'data, R: ReadRef<'data>>(
     elf: &ElfFile64<'data, object::Endianness, R>,
+    version: &str,
+    parsed: GoVersion,
+) -> Result<Symbols, GoBinaryError> {
+    // No table: nothing says this program links crypto/tls (Go's linker always writes one
+    // for ELF executables, so this is not a Go executable as the toolchain makes them).
+    let Some(section) = elf.section_by_name(".gopclntab") else {
+        return Err(GoBinaryError::NoCryptoTls);
+    };
+    if section.size() > MAX_PCLNTAB_BYTES {
+        return Err(GoBinaryError::Unsupported(format!(
+            "{version} binary without a symbol table whose .gopclntab has {} bytes (limit {MAX_PCLNTAB_BYTES})",
+            section.size()
+        )));
+    }
+    let bytes = section
+        .data()
+        .map_err(|e| GoBinaryError::Malformed(format!(".gopclntab: {e}")))?;
+    let refused = |e: PclntabError| match e {
+        PclntabError::TooOld => {
+            GoBinaryError::Unsupported(format!("{version} predates the register ABI of Go 1.17"))
+        }
+        PclntabError::Duplicate(_) => GoBinaryError::Unsupported(e.to_string()),
+        PclntabError::UnknownMagic(_) | PclntabError::Malformed(_) => {
+            GoBinaryError::Malformed(e.to_string())
+        }
+    };
+    let table = Pclntab::parse(bytes).map_err(refused)?;
+    let names = [WRITE_SYMBOL, READ_SYMBOL, CLOSE_SYMBOL];
+    let mut bases = Vec::with_capacity(2);
+    if table.format().text_relative() {
+        bases.extend(table.header_text_start());
+        if let Some(text) = elf.section_by_name(".text") {
+            bases.push(text.address());
+        }
+    } else {
+        bases.push(0); // absolute entries
+    }
+    bases.dedup();
+    // Names do not depend on the base: absent ones mean no crypto/tls at all.
+    if !table.contains(READ_SYMBOL).map_err(refused)? {
+        return Err(GoBinaryError::NoCryptoTls);
+    }
+    // The prologue check below decodes x86-64 and expects the register ABI's `g` in R14.
+    hookable(elf, version, parsed)?;
+    for base in bases {
+        let found = table.find(&names, base).map_err(refused)?;
+        if found[0].is_none() || found[1].is_none() {
+            return Err(GoBinaryError::NoCryptoTls);
+        }
+        let as_symbol = |f: &Option<FuncRange>| f.map(|f| (f.entry, f.end - f.entry));
+        let checked = |f: &Option<FuncRange>| {
+            as_symbol(f).filter(|&(addr, _)| opens_with_stack_check(elf, addr))
+        };
+        let (Some(write), Some(read)) = (checked(&found[0]), checked(&found[1])) else {
+            continue;
+        };
+        // `Close` is optional (a connection then ends when its process does).
+        return Ok(Symbols {
+            write: Some(write),
+            read: Some(read),
+            close: checked(&found[2]),
+        });
+    }
+    Err(GoBinaryError::Unsupported(format!(
+        "{version} binary without a symbol table: its .gopclntab names crypto/tls, but no text \
+         address puts Go's stack check at those functions' entries (externally linked?)"
+    )))
+}
+
+/// Whether the code at `addr` starts, within its first two instructions, with Go's
+/// stack-bound check: a `cmp` against `g.stackguard0`, `[r14+0x10]` in the register ABI.
+fn opens_with_stack_check<'data, R: ReadRef<'data>>(
+    elf: &ElfFile64<'data, object::Endianness, R>,
+    addr: u64,
 ) -> bool {
-    elf.section_by_name(".gopclntab")
-        .and_then(|s| s.data().ok())
-        .is_some_and(|d| {
-            d.windows(READ_SYMBOL.len())
-                .any(|w| w == READ_SYMBOL.as_bytes())
-        })
+    const PROLOGUE_BYTES: u64 = 32;
+    let Some(code) = read_at(elf, elf.data(), addr, PROLOGUE_BYTES) else {
+        return false;
+    };
+    starts_with_stack_check(code)
+}
+
+/// Whether one of the first two instructions of `code` is `cmp …, [r14+0x10]`.
+fn starts_with_stack_check(code: &[u8]) -> bool {
+    let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+    (0..2).any(|_| {
+        let insn = decoder.decode();
+        !insn.is_invalid()
+            && insn.mnemonic() == Mnemonic::Cmp
+            && insn.memory_base() == Register::R14
+            && insn.memory_displacement64() == 0x10
+    })
 }
 
 /// The function's entry and `RET` offsets, from its machine code.
@@ -342,6 +469,25 @@ mod tests {
             0xcb, // retf: a far return, never a function's own return here
         ];
         assert_eq!(ret_offsets(&code, 0x1000), Ok(vec![0x100c, 0x100d, 0x100f]));
+    }
+
+    #[test]
+    fn recognises_the_stack_bound_check() {
+        // cmp rsp, [r14+0x10]: small frames.
+        assert!(starts_with_stack_check(&[
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x20
+        ]));
+        // lea r12, [rsp-0x98]; cmp r12, [r14+0x10]: large frames.
+        assert!(starts_with_stack_check(&[
+            0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10
+        ]));
+        // sub rsp, 0x68 (a function's body, not its entry); int3 padding; [r14+0x18].
+        assert!(!starts_with_stack_check(&[0x48, 0x83, 0xec, 0x68, 0xcc]));
+        assert!(!starts_with_stack_check(&[
+            0xcc, 0xcc, 0x49, 0x3b, 0x66, 0x10
+        ]));
+        assert!(!starts_with_stack_check(&[0x49, 0x3b, 0x66, 0x18]));
+        assert!(!starts_with_stack_check(&[0x49, 0x3b]));
     }
 
     #[test]
@@ -514,13 +660,76 @@ mod tests {
         assert_eq!(analyse(&cache), Ok(hooks));
     }
 
+    /// The same program linked with `-ldflags=-s -w` has no `.symtab`: its functions are
+    /// found through `.gopclntab`, at exactly the offsets `.symtab` gives its twin (the two
+    /// links lay out the code identically), `RET`s included.
     #[test]
-    fn stripped_go_binary_is_unsupported() {
-        let (_, stripped) = go_programs();
-        let bytes = std::fs::read(stripped).expect("read the Go binary");
-        match analyse(&bytes[..]) {
-            Err(GoBinaryError::Unsupported(why)) => assert!(why.contains("-ldflags=-s"), "{why}"),
-            other => panic!("{other:?}"),
+    fn stripped_go_binary_is_hooked_through_pclntab() {
+        let (plain, stripped) = go_programs();
+        let plain = std::fs::read(plain).expect("read the Go binary");
+        let stripped = std::fs::read(stripped).expect("read the stripped Go binary");
+        let with_symbols = analyse(&plain[..]).expect("hooks from .symtab");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&stripped[..]).expect("ELF");
+        assert!(elf.symbol_table().is_none(), "-s kept the symbol table");
+        let from_pclntab = analyse(&stripped[..]).expect("hooks from .gopclntab");
+        assert_eq!(with_symbols.found_in, FunctionTable::Symtab);
+        assert_eq!(from_pclntab.found_in, FunctionTable::Pclntab);
+        assert_eq!(
+            GoTlsHooks {
+                found_in: FunctionTable::Symtab,
+                ..from_pclntab.clone()
+            },
+            with_symbols
+        );
+        // And through a lazily read file.
+        let (_, path) = go_programs();
+        let cache = object::ReadCache::new(std::fs::File::open(path).expect("open"));
+        assert_eq!(analyse(&cache), Ok(from_pclntab));
+    }
+
+    /// Every function `.symtab` names in the unstripped binary, `.gopclntab` places at the
+    /// same address, and each ends where `.symtab`'s size says (or at the next function,
+    /// after alignment padding).
+    #[test]
+    fn pclntab_agrees_with_symtab_on_every_function() {
+        let (plain, _) = go_programs();
+        let bytes = std::fs::read(plain).expect("read the Go binary");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&bytes[..]).expect("ELF");
+        let section = elf.section_by_name(".gopclntab").expect(".gopclntab");
+        let table = Pclntab::parse(section.data().expect("data")).expect("parses");
+        let text = elf.section_by_name(".text").expect(".text").address();
+        let functions: Vec<(String, u64, u64)> = elf
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| Some((s.name().ok()?.to_owned(), s.address(), s.size())))
+            .filter(|(n, _, _)| n.contains('.') && !n.starts_with('_'))
+            .collect();
+        assert!(functions.len() > 1000, "{} functions", functions.len());
+        // Names as the table has them: an assembly function and its Go declaration's
+        // wrapper may share one (`.symtab` tells them apart with an `.abi0` suffix).
+        let mut by_name: std::collections::HashMap<&[u8], Vec<FuncRange>> = Default::default();
+        for function in table.functions(text) {
+            let (name, range) = function.expect("a readable table");
+            by_name.entry(name).or_default().push(range);
         }
+        assert!(by_name.len() > 1000, "{} names", by_name.len());
+        let mut compared = 0;
+        for (name, addr, size) in &functions {
+            let Some(ranges) = by_name.get(name.as_bytes()) else {
+                continue; // assembly stubs without a Go function record
+            };
+            let range = ranges.iter().find(|r| r.entry == *addr);
+            let range = range.unwrap_or_else(|| panic!("{name} at {addr:#x}: {ranges:x?}"));
+            assert!(
+                range.end >= addr + size && range.end < addr + size + 64,
+                "{name}: {range:x?}, size {size:#x}"
+            );
+            compared += 1;
+        }
+        assert!(
+            compared * 10 >= functions.len() * 9,
+            "{compared} of {}",
+            functions.len()
+        );
     }
 }
