@@ -203,9 +203,10 @@ fn find_symbols<'data, R: ReadRef<'data>>(
 /// The hooked functions from `.gopclntab`, for a binary without a symbol table.
 ///
 /// From Go 1.18 on the table gives entries relative to `runtime.text`, which a stripped binary
-/// does not name. Candidates are the header's `textStart` (filled in by Go 1.18–1.19 linkers)
-/// and the start of `.text` (where Go's internal linker puts `runtime.text`; an external
-/// linker may put C start-up code first). A candidate is taken only if it puts Go's
+/// does not name. Candidates, in order: the `text` field of the runtime's module table
+/// ([`moduledata_text`]), the header's `textStart` (filled in by Go 1.18–1.19 linkers), and
+/// the start of `.text` (where Go's internal linker puts `runtime.text`; an external linker
+/// may put C start-up code first). A candidate is taken only if it puts Go's
 /// stack-bound check at the entries of `Write` and `Read` (and `Close` is kept only if it
 /// has one too), so a wrong base never places a probe inside an instruction.
 fn pclntab_symbols<'data, R: ReadRef<'data>>(
@@ -238,16 +239,32 @@ fn pclntab_symbols<'data, R: ReadRef<'data>>(
     };
     let table = Pclntab::parse(bytes).map_err(refused)?;
     let names = [WRITE_SYMBOL, READ_SYMBOL, CLOSE_SYMBOL];
-    let mut bases = Vec::with_capacity(2);
+    let mut bases: Vec<u64> = Vec::with_capacity(3);
     if table.format().text_relative() {
-        bases.extend(table.header_text_start());
-        if let Some(text) = elf.section_by_name(".text") {
-            bases.push(text.address());
+        let from_moduledata = elf.section_by_name(".noptrdata").and_then(|noptrdata| {
+            if noptrdata.size() > MAX_NOPTRDATA_BYTES {
+                return None;
+            }
+            moduledata_text(
+                noptrdata.data().ok()?,
+                section.address(),
+                section.address() + table.name_table_offset() as u64,
+                table.first_entry_field()?,
+            )
+        });
+        let candidates = [
+            from_moduledata,
+            table.header_text_start(),
+            elf.section_by_name(".text").map(|t| t.address()),
+        ];
+        for base in candidates.into_iter().flatten() {
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
         }
     } else {
         bases.push(0); // absolute entries
     }
-    bases.dedup();
     // Names do not depend on the base: absent ones mean no crypto/tls at all.
     if !table.contains(READ_SYMBOL).map_err(refused)? {
         return Err(GoBinaryError::NoCryptoTls);
@@ -277,6 +294,45 @@ fn pclntab_symbols<'data, R: ReadRef<'data>>(
         "{version} binary without a symbol table: its .gopclntab names crypto/tls, but no text \
          address puts Go's stack check at those functions' entries (externally linked?)"
     )))
+}
+
+/// The largest `.noptrdata` searched for the module table.
+const MAX_NOPTRDATA_BYTES: u64 = 64 << 20;
+
+/// `runtime.text` as the runtime's own module table (`runtime.firstmoduledata`, in
+/// `.noptrdata`) records it, for 64-bit little-endian Go 1.18+ binaries. The table opens with
+/// (`src/runtime/symtab.go`, `moduledata`): a pointer to the pclntab header, six slices
+/// (funcnametab, cutab, filetab, pctab, pclntable, ftab: pointer, length, capacity each),
+/// `findfunctab`, `minpc`, `maxpc`, `text`. A match must point at `.gopclntab`
+/// (`pclntab_addr`), have its name table where the header says (`nametab_addr`), and have
+/// `minpc == text + first_entry` (the first function's offset from `runtime.text`), so a
+/// stray word or another layout yields `None`, not a wrong address.
+fn moduledata_text(
+    noptrdata: &[u8],
+    pclntab_addr: u64,
+    nametab_addr: u64,
+    first_entry: u64,
+) -> Option<u64> {
+    const WORDS: usize = 23;
+    const MINPC: usize = 20;
+    const TEXT: usize = 22;
+    let word = |chunk: &[u8], i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            chunk.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    let needle = pclntab_addr.to_le_bytes();
+    noptrdata
+        .chunks_exact(8)
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .find_map(|(i, _)| {
+            let table = noptrdata.get(i * 8..i * 8 + WORDS * 8)?;
+            let text = word(table, TEXT)?;
+            (word(table, 1)? == nametab_addr
+                && word(table, MINPC)? == text.checked_add(first_entry)?)
+            .then_some(text)
+        })
 }
 
 /// Whether the code at `addr` starts, within its first two instructions, with Go's
@@ -584,7 +640,30 @@ mod tests {
     fn go_programs() -> &'static (PathBuf, PathBuf) {
         static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
         BUILT.get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-unit");
+            (
+                go_build("tlsprobe", "", false),
+                go_build("tlsprobe-stripped", "-s -w", false),
+            )
+        })
+    }
+
+    /// The same program linked by the system's C linker (`-linkmode=external`, cgo; gcc
+    /// comes with Debian's golang-go), which puts C start-up code at the start of `.text`,
+    /// before `runtime.text`: with and without a symbol table.
+    fn go_programs_external() -> &'static (PathBuf, PathBuf) {
+        static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+        BUILT.get_or_init(|| {
+            (
+                go_build("tlsprobe-ext", "-linkmode=external", true),
+                go_build("tlsprobe-ext-stripped", "-linkmode=external -s -w", true),
+            )
+        })
+    }
+
+    fn go_build(out: &str, ldflags: &str, cgo: bool) -> PathBuf {
+        static SOURCE: OnceLock<PathBuf> = OnceLock::new();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-unit");
+        let src = SOURCE.get_or_init(|| {
             let src = dir.join("src");
             std::fs::create_dir_all(&src).expect("create target/go-unit");
             std::fs::write(src.join("go.mod"), "module tlsprobe\n\ngo 1.17\n").expect("go.mod");
@@ -596,30 +675,25 @@ mod tests {
                  c.Write([]byte(\"x\"))\n\tb := make([]byte, 9)\n\tc.Read(b)\n\tc.Close()\n}\n",
             )
             .expect("main.go");
-            let build = |out: &str, extra: &[&str]| {
-                let out = dir.join(out);
-                let status = Command::new("go")
-                    .arg("build")
-                    .args(extra)
-                    .arg("-o")
-                    .arg(&out)
-                    .arg(".")
-                    .current_dir(&src)
-                    .env("GOFLAGS", "-mod=mod")
-                    .env("GOPROXY", "off")
-                    .env("CGO_ENABLED", "0")
-                    .env("GOPATH", dir.join("gopath"))
-                    .env("GOCACHE", dir.join("gocache"))
-                    .status()
-                    .expect("`go` not found: install Debian's golang-go (`cargo xtask setup`)");
-                assert!(status.success(), "go build failed");
-                out
-            };
-            (
-                build("tlsprobe", &[]),
-                build("tlsprobe-stripped", &["-ldflags=-s -w"]),
-            )
-        })
+            src
+        });
+        let out = dir.join(out);
+        let status = Command::new("go")
+            .arg("build")
+            .arg(format!("-ldflags={ldflags}"))
+            .arg("-o")
+            .arg(&out)
+            .arg(".")
+            .current_dir(src)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+            .env("GOPATH", dir.join("gopath"))
+            .env("GOCACHE", dir.join("gocache"))
+            .status()
+            .expect("`go` not found: install Debian's golang-go (`cargo xtask setup`)");
+        assert!(status.success(), "go build -ldflags={ldflags:?} failed");
+        out
     }
 
     /// The offsets are checked against the bytes of the file: every entry is a function's
@@ -730,6 +804,110 @@ mod tests {
             compared * 10 >= functions.len() * 9,
             "{compared} of {}",
             functions.len()
+        );
+    }
+
+    /// Where `.symtab` puts `runtime.text` in a Go binary.
+    fn runtime_text(path: &PathBuf) -> u64 {
+        let bytes = std::fs::read(path).expect("read the Go binary");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&bytes[..]).expect("ELF");
+        elf.symbols()
+            .find(|s| s.name() == Ok("runtime.text"))
+            .expect("runtime.text in .symtab")
+            .address()
+    }
+
+    /// `moduledata_text` on the stripped binaries: the address `.symtab` gives their twins.
+    fn moduledata_text_of(path: &PathBuf) -> Option<u64> {
+        let bytes = std::fs::read(path).expect("read the Go binary");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&bytes[..]).expect("ELF");
+        let pclntab = elf.section_by_name(".gopclntab").expect(".gopclntab");
+        let table = Pclntab::parse(pclntab.data().expect("data")).expect("parses");
+        let noptrdata = elf.section_by_name(".noptrdata").expect(".noptrdata");
+        moduledata_text(
+            noptrdata.data().expect("data"),
+            pclntab.address(),
+            pclntab.address() + table.name_table_offset() as u64,
+            table.first_entry_field().expect("functions"),
+        )
+    }
+
+    /// Linked externally, `.text` starts with C code: the base comes from the module table
+    /// (or the header), the offsets equal `.symtab`'s for the twin, and `.text`'s start,
+    /// which would be wrong, is not what was used.
+    #[test]
+    fn externally_linked_stripped_binary_is_placed_by_its_module_table() {
+        let (plain, stripped) = go_programs_external();
+        let text = runtime_text(plain);
+        let bytes = std::fs::read(stripped).expect("read");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&bytes[..]).expect("ELF");
+        let text_section = elf.section_by_name(".text").expect(".text").address();
+        assert!(
+            text_section < text,
+            "C code before runtime.text: {text_section:#x} {text:#x}"
+        );
+        assert_eq!(moduledata_text_of(stripped), Some(text));
+        let with_symbols = analyse(&std::fs::read(plain).expect("read")[..]).expect("symtab");
+        let from_pclntab = analyse(&bytes[..]).expect("pclntab");
+        assert_eq!(from_pclntab.found_in, FunctionTable::Pclntab);
+        assert_eq!(
+            GoTlsHooks {
+                found_in: FunctionTable::Symtab,
+                ..from_pclntab
+            },
+            with_symbols
+        );
+    }
+
+    #[test]
+    fn module_table_of_an_internally_linked_binary() {
+        let (plain, stripped) = go_programs();
+        assert_eq!(moduledata_text_of(stripped), Some(runtime_text(plain)));
+    }
+
+    /// A crafted module table: found where it points at the pclntab, and only where every
+    /// cross-check holds.
+    #[test]
+    fn module_table_cross_checks() {
+        let (pclntab, nametab, text, first) = (0x65_a120u64, 0x65_a180u64, 0x40_23e0u64, 0x20u64);
+        let mut words = vec![0u64; 23];
+        words[0] = pclntab;
+        words[1] = nametab;
+        words[20] = text + first; // minpc
+        words[21] = text + 0x1000; // maxpc
+        words[22] = text;
+        let bytes = |words: &[u64]| -> Vec<u8> {
+            // A decoy word equal to the pclntab address first (a pointer elsewhere).
+            let mut out = pclntab.to_le_bytes().to_vec();
+            out.extend(0u64.to_le_bytes());
+            out.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+            out
+        };
+        assert_eq!(
+            moduledata_text(&bytes(&words), pclntab, nametab, first),
+            Some(text)
+        );
+        assert_eq!(
+            moduledata_text(&bytes(&words), pclntab, nametab, first + 1),
+            None
+        );
+        assert_eq!(
+            moduledata_text(&bytes(&words), pclntab, nametab + 8, first),
+            None
+        );
+        assert_eq!(
+            moduledata_text(&bytes(&words), pclntab + 8, nametab, first),
+            None
+        );
+        let whole = bytes(&words);
+        for len in 0..whole.len() {
+            let found = moduledata_text(&whole[..len], pclntab, nametab, first);
+            assert_eq!(found, (len == whole.len()).then_some(text), "{len} bytes");
+        }
+        words[22] = u64::MAX; // text + first overflows
+        assert_eq!(
+            moduledata_text(&bytes(&words), pclntab, nametab, first),
+            None
         );
     }
 }

@@ -178,6 +178,20 @@ impl<'a> Pclntab<'a> {
         (self.header_text_start != 0).then_some(self.header_text_start)
     }
 
+    /// Offset of the function name table from the start of the section.
+    pub fn name_table_offset(&self) -> usize {
+        self.funcnametab
+    }
+
+    /// The first function's entry as stored: an offset from `runtime.text` (Go 1.18+), or an
+    /// address (1.16). `None` for an empty table.
+    pub fn first_entry_field(&self) -> Option<u64> {
+        if self.nfunc == 0 {
+            return None;
+        }
+        self.functab_field(0).ok()
+    }
+
     /// Where each of `names` is: `text_start` is the address of `runtime.text`, the base of
     /// entries from Go 1.18 on (ignored by the 1.16 layout). A name not in the table is
     /// `None`; a name given to two functions (an assembly function and its Go declaration
