@@ -910,4 +910,35 @@ mod tests {
             None
         );
     }
+
+    /// The real stripped binary with its `.gopclntab` header and function table corrupted
+    /// word by word: an answer (hooks or an error) every time, never a panic; and hooks only
+    /// where every entry still opens with Go's stack check.
+    #[test]
+    fn corrupted_pclntab_in_a_real_binary_never_panics() {
+        let (_, stripped) = go_programs();
+        let good = std::fs::read(stripped).expect("read");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&good[..]).expect("ELF");
+        let section = elf.section_by_name(".gopclntab").expect(".gopclntab");
+        let (start, _) = section.file_range().expect("in the file");
+        let start = start as usize;
+        // Go 1.18+ header: the function table's offset is word 7.
+        let word7: [u8; 8] = good[start + 64..start + 72].try_into().expect("8 bytes");
+        let functab = start + u64::from_le_bytes(word7) as usize;
+        drop(elf);
+        let header = (start..start + 72).step_by(8);
+        let entries = (functab..functab + 4 * 64).step_by(4);
+        for at in header.chain(entries) {
+            for value in [0u8, 0x7f, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at..at + 4].fill(value);
+                if let Ok(hooks) = analyse(&bytes[..]) {
+                    for entry in [hooks.write, hooks.read.entry] {
+                        let code = &bytes[entry as usize..][..16];
+                        assert!(starts_with_stack_check(code), "byte {at:#x} = {value:#x}");
+                    }
+                }
+            }
+        }
+    }
 }
