@@ -25,7 +25,7 @@ use object::{
     Architecture, Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::elf::ElfFile64,
 };
 
-use crate::go_pclntab::{FuncRange, MAX_PCLNTAB_BYTES, Pclntab, PclntabError};
+use crate::go_pclntab::{self as pclntab, FuncRange, MAX_PCLNTAB_BYTES, Pclntab, PclntabError};
 
 /// The functions hooked, as named in a Go binary's symbol table and function table.
 pub const WRITE_SYMBOL: &str = "crypto/tls.(*Conn).Write";
@@ -216,7 +216,10 @@ fn pclntab_symbols<'data, R: ReadRef<'data>>(
 ) -> Result<Symbols, GoBinaryError> {
     // No table: nothing says this program links crypto/tls (Go's linker always writes one
     // for ELF executables, so this is not a Go executable as the toolchain makes them).
-    let Some(section) = elf.section_by_name(".gopclntab") else {
+    let Some(section) = pclntab::SECTION_NAMES
+        .iter()
+        .find_map(|name| elf.section_by_name(name))
+    else {
         return Err(GoBinaryError::NoCryptoTls);
     };
     if section.size() > MAX_PCLNTAB_BYTES {
@@ -660,7 +663,23 @@ mod tests {
         })
     }
 
+    /// The program as a position-independent executable (`-buildmode=pie`, as some
+    /// distributions build Go): the table is in `.data.rel.ro.gopclntab`.
+    fn go_programs_pie() -> &'static (PathBuf, PathBuf) {
+        static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+        BUILT.get_or_init(|| {
+            (
+                go_build_with("tlsprobe-pie", "", false, &["-buildmode=pie"]),
+                go_build_with("tlsprobe-pie-stripped", "-s -w", false, &["-buildmode=pie"]),
+            )
+        })
+    }
+
     fn go_build(out: &str, ldflags: &str, cgo: bool) -> PathBuf {
+        go_build_with(out, ldflags, cgo, &[])
+    }
+
+    fn go_build_with(out: &str, ldflags: &str, cgo: bool, extra: &[&str]) -> PathBuf {
         static SOURCE: OnceLock<PathBuf> = OnceLock::new();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/go-unit");
         let src = SOURCE.get_or_init(|| {
@@ -680,6 +699,7 @@ mod tests {
         let out = dir.join(out);
         let status = Command::new("go")
             .arg("build")
+            .args(extra)
             .arg(format!("-ldflags={ldflags}"))
             .arg("-o")
             .arg(&out)
@@ -850,6 +870,26 @@ mod tests {
         let with_symbols = analyse(&std::fs::read(plain).expect("read")[..]).expect("symtab");
         let from_pclntab = analyse(&bytes[..]).expect("pclntab");
         assert_eq!(from_pclntab.found_in, FunctionTable::Pclntab);
+        assert_eq!(
+            GoTlsHooks {
+                found_in: FunctionTable::Symtab,
+                ..from_pclntab
+            },
+            with_symbols
+        );
+    }
+
+    /// A position-independent executable: its table under another section name, its
+    /// functions where `.symtab` puts them in the twin.
+    #[test]
+    fn stripped_pie_is_hooked_through_its_pclntab() {
+        let (plain, stripped) = go_programs_pie();
+        let bytes = std::fs::read(stripped).expect("read");
+        let elf = ElfFile64::<object::Endianness, _>::parse(&bytes[..]).expect("ELF");
+        assert!(elf.section_by_name(".data.rel.ro.gopclntab").is_some());
+        assert!(elf.section_by_name(".gopclntab").is_none());
+        let with_symbols = analyse(&std::fs::read(plain).expect("read")[..]).expect("symtab");
+        let from_pclntab = analyse(&bytes[..]).expect("pclntab");
         assert_eq!(
             GoTlsHooks {
                 found_in: FunctionTable::Symtab,

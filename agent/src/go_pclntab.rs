@@ -27,6 +27,10 @@
 //! Every read is bounds-checked; a hostile table yields an error, never a panic, and the work
 //! is bounded by the table's size (one pass over at most [`MAX_FUNCTIONS`] entries).
 
+/// The table's ELF section: `.gopclntab`, or, in a position-independent executable, inside the
+/// relocation-read-only data under this longer name.
+pub const SECTION_NAMES: [&str; 2] = [".gopclntab", ".data.rel.ro.gopclntab"];
+
 /// The largest `.gopclntab` read (a large Go program's is a few tens of MiB).
 pub const MAX_PCLNTAB_BYTES: u64 = 256 << 20;
 /// More functions than any real program has; a larger count is a corrupt header.

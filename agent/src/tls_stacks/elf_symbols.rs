@@ -220,7 +220,9 @@ fn pclntab_names_go_tls<'data, R: ReadRef<'data>>(
     endian: Endianness,
     data: R,
 ) -> Option<bool> {
-    let (_, section) = sections.section_by_name(endian, b".gopclntab")?;
+    let (_, section) = crate::go_pclntab::SECTION_NAMES
+        .iter()
+        .find_map(|name| sections.section_by_name(endian, name.as_bytes()))?;
     if section.sh_size(endian) > crate::go_pclntab::MAX_PCLNTAB_BYTES {
         return None;
     }
