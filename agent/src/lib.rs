@@ -15,6 +15,7 @@ pub mod endpoint_security;
 pub mod exchange_log;
 pub mod exchanges;
 pub mod go_binary;
+pub mod go_pclntab;
 #[cfg(test)]
 mod hostile_input_tests;
 pub mod http;

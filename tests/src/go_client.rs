@@ -7,7 +7,7 @@
 //!
 //! [`MockProvider`]: crate::mock_provider::MockProvider
 
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -114,6 +114,47 @@ impl GoClient {
         self.child.id()
     }
 
+    /// Started with `-hold-stdin` too: after its report the client keeps running, with a
+    /// loopback TCP connection open, until [`HeldGoClient::release`].
+    pub fn start_held(exe: &Path, mock: &MockProvider, args: &[&str]) -> anyhow::Result<Self> {
+        let mut args = args.to_vec();
+        args.push("-hold-stdin");
+        Self::start(exe, mock, &args)
+    }
+
+    /// For a client started with [`GoClient::start_held`]: lets it make its calls and returns
+    /// its report while it keeps running.
+    pub fn run_and_hold(mut self) -> anyhow::Result<(GoReport, HeldGoClient)> {
+        let (Some(mut stdin), Some(stdout)) = (self.child.stdin.take(), self.child.stdout.take())
+        else {
+            bail!("the Go client's stdin and stdout are not piped");
+        };
+        stdin
+            .write_all(b"go\n")
+            .context("releasing the Go client")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the Go client's report")?;
+        if line.is_empty() {
+            let mut stderr = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            let status = self.child.wait().context("waiting for the Go client")?;
+            bail!("the Go client ended ({status}) without a report:\n{stderr}");
+        }
+        let report = serde_json::from_str(&line)
+            .with_context(|| format!("the Go client's output is not its report:\n{line}"))?;
+        Ok((
+            report,
+            HeldGoClient {
+                child: self.child,
+                stdin,
+            },
+        ))
+    }
+
     /// Lets the client make its calls, waits for it, and parses its report.
     pub fn run(mut self) -> anyhow::Result<GoReport> {
         if let Some(mut stdin) = self.child.stdin.take() {
@@ -133,5 +174,38 @@ impl GoClient {
         serde_json::from_str(&stdout).with_context(|| {
             format!("the Go client's output is not its report:\n{stdout}\n{stderr}")
         })
+    }
+}
+
+/// A Go client that has reported and is waiting to be released.
+pub struct HeldGoClient {
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl HeldGoClient {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the client exit and checks that it did so cleanly.
+    pub fn release(mut self) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(b"done\n")
+            .context("releasing the held Go client")?;
+        let status = self.child.wait().context("waiting for the Go client")?;
+        if !status.success() {
+            bail!("the held Go client failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HeldGoClient {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -9,16 +9,22 @@
 //! some answers into a buffer on its goroutine's stack while garbage collections shrink (move)
 //! that stack: the Go program must not crash, and those bytes must be captured exactly.
 //!
+//! The same client linked with `-ldflags=-s -w` (no symbol table) is hooked through Go's own
+//! function table, `.gopclntab`, and must be counted just as exactly; `tokentap status` must
+//! show both builds as hooked.
+//!
 //! Needs root and Debian's golang-go. Run with `cargo xtask test`.
 
 use std::{collections::BTreeMap, time::Duration};
 
+use object::Object as _;
 use serde_json::Value;
 use tokentap_tests::{
     go_client::{GO_CLIENT_NAME, GoCall, GoClient, build_go_client},
-    harness::{Agent, http_get, metric, privileged_tests_enabled},
+    harness::{Agent, http_get, privileged_tests_enabled},
     mock_provider::MockProvider,
     prom,
+    tls_stacks::{row_stacks, status_row},
 };
 
 fn listen_addr(agent: &Agent) -> String {
@@ -78,7 +84,29 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
     if !privileged_tests_enabled() {
         return;
     }
-    let exe = build_go_client(false).expect("build the Go client");
+    ground_truth_equals_exchange_log_and_metrics(false);
+}
+
+/// The same client linked with `-ldflags=-s -w` (no `.symtab`, as container images usually
+/// ship Go programs): hooked through `.gopclntab`, counted exactly the same.
+#[test]
+fn stripped_go_client_ground_truth_equals_exchange_log_and_metrics() {
+    if !privileged_tests_enabled() {
+        return;
+    }
+    ground_truth_equals_exchange_log_and_metrics(true);
+}
+
+fn ground_truth_equals_exchange_log_and_metrics(stripped: bool) {
+    let exe = build_go_client(stripped).expect("build the Go client");
+    if stripped {
+        let bytes = std::fs::read(&exe).expect("read the stripped client");
+        let elf = object::File::parse(&bytes[..]).expect("an ELF file");
+        assert!(
+            elf.symbol_table().is_none(),
+            "-ldflags=-s kept the symbol table"
+        );
+    }
     let mock = MockProvider::start().expect("start the mock provider");
     let log_dir = std::env::temp_dir().join(format!("tokentap-go-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).expect("log dir");
@@ -96,7 +124,7 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
 
     // The agent hooks the executable when the process starts (exec tracepoint); the client
     // waits for the go-ahead, so that no call races the attach.
-    let client = GoClient::start(
+    let client = GoClient::start_held(
         &exe,
         &mock,
         &["-goroutines", "4", "-rounds", "3", "-raw", "3"],
@@ -107,9 +135,22 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
         &["hooked", GO_CLIENT_NAME, "crypto/tls.(*Conn).Read"],
     );
     eprintln!("{hooked}");
-    let report = client
-        .run()
+    assert_eq!(
+        hooked.contains(".gopclntab"),
+        stripped,
+        "where the functions were found: {hooked}"
+    );
+    let (report, held) = client
+        .run_and_hold()
         .expect("the Go client runs to the end without crashing");
+    // `tokentap status` (its own scan of the executable, no probes) agrees that it is hooked.
+    let row = status_row(held.pid(), &[]).expect("tokentap status lists the Go client");
+    assert_eq!(
+        row_stacks(&row),
+        vec![("go-crypto-tls".to_owned(), "hooked".to_owned())],
+        "{row}"
+    );
+    held.release().expect("the Go client exits cleanly");
     eprintln!(
         "{GO_CLIENT_NAME} (pid {}, {}): {} calls; {} of {} stack-buffer reads saw the stack move",
         report.pid,
@@ -253,31 +294,4 @@ fn go_client_ground_truth_equals_exchange_log_and_metrics() {
     );
     stopped.expect("the agent stops cleanly");
     let _ = std::fs::remove_dir_all(&log_dir);
-}
-
-/// A Go binary linked with `-ldflags=-s -w` has no symbol table: the agent says it cannot
-/// hook it (and counts an attach error) instead of silently missing its traffic.
-#[test]
-fn stripped_go_binary_is_reported_unsupported() {
-    if !privileged_tests_enabled() {
-        return;
-    }
-    let exe = build_go_client(true).expect("build the stripped Go client");
-    let mock = MockProvider::start().expect("start the mock provider");
-    let agent = Agent::start(&["agent", "--listen", "127.0.0.1:0"]).expect("start tokentap agent");
-    let addr = listen_addr(&agent);
-    let client = GoClient::start(
-        &exe,
-        &mock,
-        &["-goroutines", "1", "-rounds", "1", "-raw", "0"],
-    )
-    .expect("start the Go client");
-    let line = wait_for_log(&agent, &["cannot hook", GO_CLIENT_NAME]);
-    assert!(line.contains("-ldflags=-s"), "{line}");
-    let report = client.run().expect("the Go client runs");
-    assert_eq!(report.calls.len(), 3);
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, text) = http_get(&addr, "/metrics").expect("scrape /metrics");
-    assert!(metric(&text, "tokentap_attach_errors_total").is_some_and(|v| v >= 1.0));
-    agent.stop().expect("the agent stops cleanly");
 }

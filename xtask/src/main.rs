@@ -259,8 +259,9 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ]))?;
     }
-    // The Go toolchain builds the Go test programs (crypto/tls unit and end-to-end tests).
-    ensure_apt(&["golang-go"])?;
+    // The Go toolchain builds the Go test programs (crypto/tls unit and end-to-end tests);
+    // gcc links one of them externally (cgo), as Go programs with C code are linked.
+    ensure_apt(&["golang-go", "gcc"])?;
     Ok(())
 }
 

@@ -70,7 +70,16 @@ impl Probes {
         };
         let attached = AttachedLibrary {
             kind: exe.kind,
-            display: format!("{} ({})", exe.display, hooks.version),
+            display: match hooks.found_in {
+                go_binary::FunctionTable::Symtab => format!("{} ({})", exe.display, hooks.version),
+                // Say so: a stripped binary's functions come from Go's own table.
+                found_in => format!(
+                    "{} ({}, {})",
+                    exe.display,
+                    hooks.version,
+                    found_in.section_name()
+                ),
+            },
             functions: vec![go_binary::WRITE_SYMBOL, go_binary::READ_SYMBOL]
                 .into_iter()
                 .chain(hooks.close.map(|_| go_binary::CLOSE_SYMBOL))

@@ -279,7 +279,7 @@ fn scans_a_fake_proc_tree() {
 }
 
 #[test]
-fn go_with_symbols_is_hookable_and_stripped_go_is_not() {
+fn go_with_named_functions_is_hookable_and_unreadable_go_is_not() {
     let named = info(|i| {
         i.go = true;
         i.go_crypto_tls = true;

@@ -66,10 +66,11 @@ pub struct ElfTlsInfo {
     pub stripped_openssl: bool,
     /// A Go program (`.go.buildinfo`).
     pub go: bool,
-    /// The Go program links crypto/tls (or is stripped, so this cannot be ruled out).
+    /// The Go program links crypto/tls (or its function tables are unreadable, so this cannot
+    /// be ruled out).
     pub go_crypto_tls: bool,
-    /// `crypto/tls.(*Conn).Write` is named in `.symtab`: the Go hooks can find their functions
-    /// (a stripped Go program cannot be hooked).
+    /// `crypto/tls.(*Conn).Write` is named in `.symtab`, or in `.gopclntab` of a binary
+    /// without `.symtab`: the Go hooks can find their functions.
     pub go_crypto_tls_symbols: bool,
     /// Rust code from the rustls crate is compiled in (its mangled names in `.symtab`).
     pub rustls: bool,
@@ -200,14 +201,34 @@ fn scan_elf_placed<'data, R: ReadRef<'data>>(
             SslFlavor::OpenSsl
         });
     }
-    // A stripped Go binary keeps no symbol names to tell; assume the worst (it may speak TLS).
+    // A stripped Go binary: its function table (`.gopclntab`) still names what it links. If
+    // that table cannot be read, assume the worst (it may speak TLS).
     if info.go && !symtab_seen {
-        info.go_crypto_tls = true;
+        let named = pclntab_names_go_tls(&sections, endian, data);
+        info.go_crypto_tls = named.unwrap_or(true);
+        info.go_crypto_tls_symbols = named.unwrap_or(false);
     }
     if info.ssl_functions.is_empty() && !info.go {
         info.stripped_openssl = rodata_has_libssl(&sections, endian, data);
     }
     Ok(info)
+}
+
+/// Whether `.gopclntab` names `crypto/tls.(*Conn).Write`; `None` if it cannot be read.
+fn pclntab_names_go_tls<'data, R: ReadRef<'data>>(
+    sections: &SectionTable<'data, FileHeader64<Endianness>, R>,
+    endian: Endianness,
+    data: R,
+) -> Option<bool> {
+    let (_, section) = crate::go_pclntab::SECTION_NAMES
+        .iter()
+        .find_map(|name| sections.section_by_name(endian, name.as_bytes()))?;
+    if section.sh_size(endian) > crate::go_pclntab::MAX_PCLNTAB_BYTES {
+        return None;
+    }
+    let bytes = section.data(endian, data).ok()?;
+    let table = crate::go_pclntab::Pclntab::parse(bytes).ok()?;
+    table.contains(crate::go_binary::WRITE_SYMBOL).ok()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

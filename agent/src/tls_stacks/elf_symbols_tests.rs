@@ -359,7 +359,34 @@ fn stripped_openssl_go_and_rustls_are_recognised() {
     let stripped_go = SyntheticElf::new()
         .section(".go.buildinfo", b"\xff Go buildinf:")
         .build();
-    assert!(scan(&stripped_go).go_crypto_tls, "cannot be ruled out");
+    let info = scan(&stripped_go);
+    assert!(info.go_crypto_tls, "cannot be ruled out");
+    assert!(
+        !info.go_crypto_tls_symbols,
+        "no table to find the functions in"
+    );
+
+    // Stripped, but Go's function table names crypto/tls: hookable.
+    let pclntab = crate::go_pclntab::tests::crafted_go120();
+    let stripped_go = SyntheticElf::new()
+        .section(".go.buildinfo", b"\xff Go buildinf:")
+        .section(".gopclntab", &pclntab)
+        .build();
+    let info = scan(&stripped_go);
+    assert!(info.go_crypto_tls && info.go_crypto_tls_symbols);
+    // The same table without the name (`Write` renamed): no crypto/tls.
+    let mut renamed = pclntab.clone();
+    let at = renamed
+        .windows(5)
+        .position(|w| w == b"Write")
+        .expect("the name is in the table");
+    renamed[at..at + 5].copy_from_slice(b"Wrote");
+    let stripped_go = SyntheticElf::new()
+        .section(".go.buildinfo", b"\xff Go buildinf:")
+        .section(".gopclntab", &renamed)
+        .build();
+    let info = scan(&stripped_go);
+    assert!(!info.go_crypto_tls && !info.go_crypto_tls_symbols);
 
     let rustls = SyntheticElf::new()
         .symbols(

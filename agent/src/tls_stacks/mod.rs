@@ -94,8 +94,9 @@ impl TlsStack {
             None if info.stripped_openssl => out.push((TlsStack::OpensslStatic, false)),
             None => {}
         }
-        // Go's crypto/tls is hooked when its functions are named in `.symtab` (amd64 only; see
-        // `go_binary`); the agent's coverage gauge follows the files the probes really attached.
+        // Go's crypto/tls is hooked when its functions are named in `.symtab` or, without one,
+        // in `.gopclntab` (amd64 only; see `go_binary`); the agent's coverage gauge follows the
+        // files the probes really attached.
         if info.go_crypto_tls {
             let hookable = info.go_crypto_tls_symbols && cfg!(target_arch = "x86_64");
             out.push((TlsStack::GoCryptoTls, hookable));

@@ -69,6 +69,7 @@ var (
 	rawCalls = flag.Int("raw", 2, "hand-written HTTP/1.1 calls reading into a stack buffer")
 	depth    = flag.Int("depth", 2000, "recursion depth (1 KiB frames) before each call")
 	wait     = flag.Bool("wait-stdin", false, "read a line from stdin before the first call")
+	hold     = flag.Bool("hold-stdin", false, "after the report, keep running with one loopback TCP connection open until a line on stdin")
 )
 
 var (
@@ -120,8 +121,9 @@ func main() {
 		MaxIdleConnsPerHost: *workers,
 	}
 	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	stdin := bufio.NewReader(os.Stdin)
 	if *wait {
-		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		if _, err := stdin.ReadString('\n'); err != nil {
 			fail("waiting for the go-ahead on stdin: %v", err)
 		}
 	}
@@ -173,9 +175,32 @@ func main() {
 		StackBufferMoves: atomic.LoadInt64(&moves),
 		RawReads:         atomic.LoadInt64(&nreads),
 	}
+	if *hold {
+		// A connection to itself: the process stays one with an established TCP connection,
+		// which is what `tokentap status` lists, whatever the mock does with idle ones.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail("listening on loopback: %v", err)
+		}
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			fail("connecting to itself: %v", err)
+		}
+		peer, err := ln.Accept()
+		if err != nil {
+			fail("accepting its own connection: %v", err)
+		}
+		defer conn.Close()
+		defer peer.Close()
+	}
 	enc := json.NewEncoder(os.Stdout)
 	if err := enc.Encode(out); err != nil {
 		fail("writing the report: %v", err)
+	}
+	if *hold {
+		if _, err := stdin.ReadString('\n'); err != nil {
+			fail("waiting for the release on stdin: %v", err)
+		}
 	}
 }
 
