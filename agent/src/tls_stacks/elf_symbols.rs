@@ -2,8 +2,10 @@
 //! family is defined, as file offsets a uprobe can attach to, and hints of other TLS stacks
 //! compiled in (Go's crypto/tls, rustls, a stripped OpenSSL).
 //!
-//! Receives: any ELF file (read through positioned reads: only the headers, the symbol tables and
-//! a few small sections are read, never a multi-GB file whole). Emits: [`ElfTlsInfo`].
+//! Receives: any ELF file (read through positioned reads: the headers and a few small sections
+//! are read; the symbol and string tables and `.rodata` are searched a window at a time
+//! ([`super::elf_windows`]), so a scan holds about a MiB whatever the file). Emits:
+//! [`ElfTlsInfo`].
 //!
 //! Symbols are looked up in `.dynsym` first (exported: a shared libssl, or Node.js which exports
 //! its bundled OpenSSL for addons) and then in `.symtab` (a statically linked executable that
@@ -24,10 +26,12 @@ use object::{
     Endianness, ReadCache, ReadRef, SectionIndex,
     elf::{
         ELF_NOTE_GNU, FileHeader64, NT_GNU_BUILD_ID, PF_X, PT_LOAD, ProgramHeader64, SHN_UNDEF,
-        SHT_DYNSYM, SHT_SYMTAB, Sym64,
+        SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, SectionHeader64,
     },
-    read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable, Sym},
+    read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable},
 };
+
+use super::elf_windows::{ReadAt, WINDOW, find_needles, name_offsets, visit_windows};
 
 /// Files larger than this are not scanned (no executable or library is this large).
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -36,6 +40,11 @@ const MAX_TABLE_BYTES: u64 = 256 << 20;
 /// `.rodata` is searched for libssl's traces only when no symbol was found, and only up to this
 /// size.
 const MAX_RODATA_BYTES: u64 = 64 << 20;
+/// Places in a string table that name a hooked function, at most (a name is normally there
+/// once or twice).
+const MAX_NAME_OFFSETS: usize = 256;
+/// Size of an ELF64 symbol table entry.
+const SYM64_BYTES: usize = 24;
 
 /// OpenSSL's (and BoringSSL's) functions tokentap hooks.
 pub const SSL_FUNCTIONS: [&str; 5] = [
@@ -109,19 +118,22 @@ pub enum ElfScanError {
     Io(#[from] std::io::Error),
 }
 
-/// Scans an ELF image. `data` is a byte slice (tests) or a `&ReadCache<File>` (real files).
+/// Scans an ELF image in memory.
 ///
-/// Reads the headers, then each symbol table's string table, and the symbols themselves only
-/// when those strings mention `SSL_read`/`SSL_write`; `.symtab` only when `.dynsym` did not
-/// already give every function (a binary may export some and call others internally).
-pub fn scan_elf<'data, R: ReadRef<'data>>(data: R) -> Result<ElfTlsInfo, ElfScanError> {
-    scan_elf_placed(data, None)
+/// Reads the headers, then searches each symbol table's string table for the hooked functions'
+/// names, and reads the symbols themselves only when a name is there; `.symtab` only when
+/// `.dynsym` did not already give every function (a binary may export some and call others
+/// internally).
+pub fn scan_elf(bytes: &[u8]) -> Result<ElfTlsInfo, ElfScanError> {
+    scan_elf_placed(bytes, &bytes, None)
 }
 
-/// [`scan_elf`], with symbol addresses placed by `loads` instead of the file's own segments: a
-/// separate debug file has the symbols but no file contents (its segments are empty).
+/// [`scan_elf`] of a file: `data` for the headers (a `&ReadCache<File>`), `src` for the large
+/// parts, read a window at a time; symbol addresses placed by `loads` instead of the file's own
+/// segments when given (a separate debug file has the symbols but no file contents).
 fn scan_elf_placed<'data, R: ReadRef<'data>>(
     data: R,
+    src: &dyn ReadAt,
     loads: Option<&[LoadSegment]>,
 ) -> Result<ElfTlsInfo, ElfScanError> {
     let header = FileHeader64::<Endianness>::parse(data).map_err(ElfScanError::NotElf)?;
@@ -156,43 +168,82 @@ fn scan_elf_placed<'data, R: ReadRef<'data>>(
         let Ok(strtab) = sections.section(SectionIndex(table.sh_link(endian) as usize)) else {
             continue;
         };
-        if table.sh_size(endian) > MAX_TABLE_BYTES || strtab.sh_size(endian) > MAX_TABLE_BYTES {
+        let (Some(strings), Some(symbols)) =
+            (file_range(strtab, endian), file_range(table, endian))
+        else {
+            continue;
+        };
+        if symbols.1 > MAX_TABLE_BYTES
+            || strings.1 > MAX_TABLE_BYTES
+            || table.sh_entsize(endian) != SYM64_BYTES as u64
+        {
             continue;
         }
-        let (Ok(strings), Ok(symbols)) = (
-            strtab.data(endian, data),
-            table.data_as_array::<Sym64<Endianness>, R>(endian, data),
-        ) else {
+        let needles: [&[u8]; 4] = [
+            // rustls' items carry the crate name in their mangled symbols (`_ZN6rustls…`).
+            b"6rustls",
+            b"crypto/tls.(*Conn).Write",
+            b"BORINGSSL_",
+            b"SSL_CTX_set_strict_cipher_list",
+        ];
+        let Ok(hits) = find_needles(src, strings.0, strings.1, &needles, WINDOW) else {
             continue;
         };
         if sh_type == SHT_SYMTAB {
-            // rustls' items carry the crate name in their mangled symbols (`_ZN6rustls…`).
-            info.rustls |= contains(strings, b"6rustls");
-            let named = contains(strings, b"crypto/tls.(*Conn).Write");
-            info.go_crypto_tls |= named;
-            info.go_crypto_tls_symbols |= named;
+            info.rustls |= hits[0];
+            info.go_crypto_tls |= hits[1];
+            info.go_crypto_tls_symbols |= hits[1];
         }
-        boringssl |= contains(strings, b"BORINGSSL_")
-            || contains(strings, b"SSL_CTX_set_strict_cipher_list");
-        if !contains(strings, b"SSL_read") && !contains(strings, b"SSL_write") {
+        boringssl |= hits[2] || hits[3];
+        let Ok(names) = name_offsets(
+            src,
+            strings.0,
+            strings.1,
+            &SSL_FUNCTIONS,
+            MAX_NAME_OFFSETS,
+            WINDOW,
+        ) else {
+            continue;
+        };
+        if names.is_empty() {
             continue;
         }
-        for symbol in symbols {
-            // Undefined: an import of another file's function (the system libssl).
-            if symbol.st_shndx(endian) == SHN_UNDEF {
-                continue;
+        let window = WINDOW / SYM64_BYTES * SYM64_BYTES;
+        let _ = visit_windows(src, symbols.0, symbols.1, window, 0, &mut |_, bytes| {
+            for entry in bytes.chunks_exact(SYM64_BYTES) {
+                let little = endian == Endianness::Little;
+                let st_name = u64::from(if little {
+                    u32::from_le_bytes(fixed(&entry[0..4]))
+                } else {
+                    u32::from_be_bytes(fixed(&entry[0..4]))
+                });
+                let st_shndx = if little {
+                    u16::from_le_bytes(fixed(&entry[6..8]))
+                } else {
+                    u16::from_be_bytes(fixed(&entry[6..8]))
+                };
+                let st_value = if little {
+                    u64::from_le_bytes(fixed(&entry[8..16]))
+                } else {
+                    u64::from_be_bytes(fixed(&entry[8..16]))
+                };
+                // Undefined: an import of another file's function (the system libssl).
+                if st_shndx == SHN_UNDEF {
+                    continue;
+                }
+                let Some(&(which, _)) = names.iter().find(|(_, at)| *at == st_name) else {
+                    continue;
+                };
+                let function = SSL_FUNCTIONS[which];
+                if info.offset_of(function).is_some() {
+                    continue;
+                }
+                if let Some(offset) = file_offset(&loads, st_value) {
+                    info.ssl_functions.push((function, offset));
+                }
             }
-            let name = c_string_at(strings, symbol.st_name(endian) as usize);
-            let Some(function) = SSL_FUNCTIONS.iter().find(|f| f.as_bytes() == name) else {
-                continue;
-            };
-            if info.offset_of(function).is_some() {
-                continue;
-            }
-            if let Some(offset) = file_offset(&loads, symbol.st_value(endian)) {
-                info.ssl_functions.push((function, offset));
-            }
-        }
+            true
+        });
     }
     if !info.ssl_functions.is_empty() {
         info.flavor = Some(if boringssl {
@@ -209,7 +260,7 @@ fn scan_elf_placed<'data, R: ReadRef<'data>>(
         info.go_crypto_tls_symbols = named.unwrap_or(false);
     }
     if info.ssl_functions.is_empty() && !info.go {
-        info.stripped_openssl = rodata_has_libssl(&sections, endian, data);
+        info.stripped_openssl = rodata_has_libssl(&sections, endian, src);
     }
     Ok(info)
 }
@@ -231,18 +282,18 @@ fn pclntab_names_go_tls<'data, R: ReadRef<'data>>(
     table.contains(crate::go_binary::WRITE_SYMBOL).ok()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Where a section's bytes are in the file: (offset, size); `None` for a section without any
+/// (`SHT_NOBITS`, as in a separate debug file).
+fn file_range(section: &SectionHeader64<Endianness>, endian: Endianness) -> Option<(u64, u64)> {
+    (section.sh_type(endian) != SHT_NOBITS)
+        .then(|| (section.sh_offset(endian), section.sh_size(endian)))
 }
 
-/// The NUL-terminated string at `offset` (empty when out of range).
-fn c_string_at(strings: &[u8], offset: usize) -> &[u8] {
-    let Some(rest) = strings.get(offset..) else {
-        return &[];
-    };
-    rest.iter()
-        .position(|&b| b == 0)
-        .map_or(rest, |end| &rest[..end])
+/// An exact-size array from a slice of that length.
+fn fixed<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
 }
 
 /// The GNU build id (hex), from its note section.
@@ -271,17 +322,16 @@ fn build_id<'data, R: ReadRef<'data>>(
 fn rodata_has_libssl<'data, R: ReadRef<'data>>(
     sections: &SectionTable<'data, FileHeader64<Endianness>, R>,
     endian: Endianness,
-    data: R,
+    src: &dyn ReadAt,
 ) -> bool {
     let Some((_, rodata)) = sections.section_by_name(endian, b".rodata") else {
         return false;
     };
-    if rodata.sh_size(endian) > MAX_RODATA_BYTES {
+    let Some((offset, size)) = file_range(rodata, endian) else {
         return false;
-    }
-    rodata
-        .data(endian, data)
-        .is_ok_and(|bytes| contains(bytes, b"ssl_lib.c"))
+    };
+    size <= MAX_RODATA_BYTES
+        && find_needles(src, offset, size, &[b"ssl_lib.c"], WINDOW).is_ok_and(|hit| hit[0])
 }
 
 /// An executable `PT_LOAD` segment: where its bytes are in the file and in memory.
@@ -325,7 +375,7 @@ pub fn scan_file(file: &File, debug_dirs: &[PathBuf]) -> Result<ElfTlsInfo, ElfS
     if size > MAX_FILE_BYTES {
         return Err(ElfScanError::TooLarge(size));
     }
-    let mut info = scan_elf(&ReadCache::new(file))?;
+    let mut info = scan_elf_placed(&ReadCache::new(file), file, None)?;
     if info.hookable_ssl() {
         return Ok(info);
     }
@@ -339,7 +389,7 @@ pub fn scan_file(file: &File, debug_dirs: &[PathBuf]) -> Result<ElfTlsInfo, ElfS
         if debug.metadata().map_or(true, |m| m.len() > MAX_FILE_BYTES) {
             continue;
         }
-        let Ok(found) = scan_elf_placed(&ReadCache::new(&debug), Some(&info.loads)) else {
+        let Ok(found) = scan_elf_placed(&ReadCache::new(&debug), &debug, Some(&info.loads)) else {
             continue;
         };
         // The debug file must describe exactly this build.

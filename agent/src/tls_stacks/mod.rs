@@ -7,6 +7,7 @@
 
 pub mod coverage;
 pub mod elf_symbols;
+pub mod elf_windows;
 pub mod status;
 
 use elf_symbols::{ElfTlsInfo, SslFlavor};
