@@ -65,8 +65,12 @@ pub struct GoTlsHooks {
     pub version: String,
     /// Where the functions were found.
     pub found_in: FunctionTable,
-    /// Entry of `(*Conn).Write` (writes are copied at entry: see `ebpf/src/probes/go_tls.rs`).
+    /// Start of `(*Conn).Write`'s body, just after its stack check (writes are copied there,
+    /// before any byte is sent: see `ebpf/src/probes/go_tls.rs`, and [`body_after_stack_check`]
+    /// for why not at the entry).
     pub write: u64,
+    /// Entry of `(*Conn).Write`.
+    pub write_entry: u64,
     pub read: GoFunction,
     /// Entry of `(*Conn).Close`, which ends a connection; absent if the linker dropped it.
     pub close: Option<u64>,
@@ -139,7 +143,8 @@ pub fn analyse<'data, R: ReadRef<'data>>(data: R) -> Result<GoTlsHooks, GoBinary
         return Err(GoBinaryError::NoCryptoTls);
     };
     hookable(&elf, &version, parsed)?;
-    let write = file_offset(&elf, write.0)?;
+    let write_entry = file_offset(&elf, write.0)?;
+    let write = file_offset(&elf, write_body(&elf, write.0))?;
     let read = function(&elf, data, read)?;
     let close = match symbols.close {
         Some((addr, _)) => Some(file_offset(&elf, addr)?),
@@ -149,6 +154,7 @@ pub fn analyse<'data, R: ReadRef<'data>>(data: R) -> Result<GoTlsHooks, GoBinary
         version,
         found_in,
         write,
+        write_entry,
         read,
         close,
     })
@@ -351,6 +357,58 @@ fn opens_with_stack_check<'data, R: ReadRef<'data>>(
     starts_with_stack_check(code)
 }
 
+/// Where the write probe goes in `(*Conn).Write` at `addr`: after its stack check, or at the
+/// entry if it has none (then it never restarts).
+fn write_body<'data, R: ReadRef<'data>>(
+    elf: &ElfFile64<'data, object::Endianness, R>,
+    addr: u64,
+) -> u64 {
+    const PROLOGUE_BYTES: u64 = 32;
+    read_at(elf, elf.data(), addr, PROLOGUE_BYTES)
+        .and_then(|code| body_after_stack_check(code, addr))
+        .unwrap_or(addr)
+}
+
+/// The address of the instruction after the stack check's branch, in code at `ip` that opens
+/// with Go's stack check (`cmp …, [r14+0x10]` in its first two instructions, then a
+/// conditional jump to `morestack`).
+///
+/// A call that finds its stack too small branches to `morestack`, which grows the stack (moving
+/// it) and starts the function over from its entry. A probe at the entry then fires twice for
+/// one call; for `Write`, copied at entry, the request would reach user space twice and every
+/// later response on that connection would be paired with the request before it. The
+/// instruction after the branch runs once per call, with the arguments still in their
+/// registers.
+pub fn body_after_stack_check(code: &[u8], ip: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    for _ in 0..2 {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        if insn.mnemonic() == Mnemonic::Cmp
+            && insn.memory_base() == Register::R14
+            && insn.memory_displacement64() == 0x10
+        {
+            let branch = decoder.decode();
+            // Go branches with JLS (`jbe`); any conditional jump will do.
+            let conditional = matches!(
+                branch.mnemonic(),
+                Mnemonic::Jbe
+                    | Mnemonic::Jb
+                    | Mnemonic::Ja
+                    | Mnemonic::Jae
+                    | Mnemonic::Jle
+                    | Mnemonic::Jl
+                    | Mnemonic::Jg
+                    | Mnemonic::Jge
+            );
+            return (!branch.is_invalid() && conditional).then(|| branch.next_ip());
+        }
+    }
+    None
+}
+
 /// Whether one of the first two instructions of `code` is `cmp …, [r14+0x10]`.
 fn starts_with_stack_check(code: &[u8]) -> bool {
     let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
@@ -540,6 +598,31 @@ mod tests {
         assert!(starts_with_stack_check(&[
             0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10
         ]));
+        // The body starts after the check's branch: cmp (4 bytes) + jbe rel8 (2).
+        assert_eq!(
+            body_after_stack_check(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55], 0x1000),
+            Some(0x1006)
+        );
+        // lea (8) + cmp (4) + jbe rel32 (6).
+        assert_eq!(
+            body_after_stack_check(
+                &[
+                    0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f,
+                    0x86, 0x10, 0x00, 0x00, 0x00, 0x55
+                ],
+                0x2000
+            ),
+            Some(0x2012)
+        );
+        // A check not followed by a branch, or no check: no body start.
+        assert_eq!(
+            body_after_stack_check(&[0x49, 0x3b, 0x66, 0x10, 0x55], 0),
+            None
+        );
+        assert_eq!(
+            body_after_stack_check(&[0x48, 0x83, 0xec, 0x68, 0xcc], 0),
+            None
+        );
         // sub rsp, 0x68 (a function's body, not its entry); int3 padding; [r14+0x18].
         assert!(!starts_with_stack_check(&[0x48, 0x83, 0xec, 0x68, 0xcc]));
         assert!(!starts_with_stack_check(&[
@@ -739,7 +822,13 @@ mod tests {
         }
         // ABIInternal functions open with the stack-bound check against g (R14): a
         // `cmp rsp, [r14+16]` (49 3b 66 10) or, for big frames, a `lea` then `cmp`.
-        for entry in [hooks.write, read.entry] {
+        assert!(
+            hooks.write > hooks.write_entry && hooks.write - hooks.write_entry <= 18,
+            "the write probe goes right after Write's stack check: {:#x} vs entry {:#x}",
+            hooks.write,
+            hooks.write_entry
+        );
+        for entry in [hooks.write_entry, read.entry] {
             let entry = &bytes[entry as usize..][..8];
             assert!(
                 entry.windows(4).any(|w| w == [0x49, 0x3b, 0x66, 0x10])
@@ -973,7 +1062,7 @@ mod tests {
                 let mut bytes = good.clone();
                 bytes[at..at + 4].fill(value);
                 if let Ok(hooks) = analyse(&bytes[..]) {
-                    for entry in [hooks.write, hooks.read.entry] {
+                    for entry in [hooks.write_entry, hooks.read.entry] {
                         let code = &bytes[entry as usize..][..16];
                         assert!(starts_with_stack_check(code), "byte {at:#x} = {value:#x}");
                     }

@@ -5,11 +5,13 @@
 //! in RBX, RCX, RDI, and returns `n` in RAX (the error in RBX:RCX); R14 holds the current
 //! goroutine's `runtime.g`.
 //!
-//! `Write` is copied at entry, whole: Go's HTTP client writes a request on one goroutine and
-//! reads the answer on another, so a copy made at `Write`'s return can reach the ring buffer
-//! after the answer (the reader runs on another CPU while the writer is still on its way
-//! out), and user space would pair requests with the wrong responses. Copying at entry puts
-//! the request in the ring before its first byte is on the socket. `Write` sends all of `b`
+//! `Write` is copied when it starts, whole (the probe sits just after the function's stack
+//! check, not on its entry: a call whose stack is too small runs `morestack` and starts over
+//! from the entry, which would copy the request twice). Go's HTTP client writes a request on
+//! one goroutine and reads the answer on another, so a copy made at `Write`'s return can reach
+//! the ring buffer after the answer (the reader runs on another CPU while the writer is still
+//! on its way out), and user space would pair requests with the wrong responses. Copying at
+//! the start puts the request in the ring before its first byte is on the socket. `Write` sends all of `b`
 //! or fails, and a failed write leaves the `tls.Conn` broken for good ("all future writes
 //! will return the same error"), so the only bytes this can over-report are those of a
 //! connection's last, failed, write.
