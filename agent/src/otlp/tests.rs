@@ -446,6 +446,20 @@ async fn dead_collector_costs_bounded_memory_and_counted_drops() {
     );
 }
 
+/// Waits (5 s at most) until `n` spans were dropped as failed exports.
+async fn dropped_as_failed(registry: &Registry, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counter(
+        registry,
+        "tokentap_otlp_spans_dropped_total",
+        Some("export_failed"),
+    ) < n
+    {
+        assert!(std::time::Instant::now() < deadline, "refusal not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a fake collector received: request heads and the bodies it accepted.
 #[derive(Default)]
 struct Received {
@@ -570,16 +584,7 @@ async fn a_refused_batch_is_not_retried_and_shutdown_flushes() {
     // A full batch goes at once and is refused (400: not retried).
     sink.record(&record());
     sink.record(&record());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while counter(
-        &registry,
-        "tokentap_otlp_spans_dropped_total",
-        Some("export_failed"),
-    ) < 2
-    {
-        assert!(std::time::Instant::now() < deadline, "refusal not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    dropped_as_failed(&registry, 2).await;
     assert_eq!(
         counter(&registry, "tokentap_otlp_export_errors_total", None),
         1
@@ -731,16 +736,7 @@ async fn https_collector_with_headers_and_a_ca() {
     let registry = Registry::new();
     let (mut sink, exporter) = start(untrusted, config, &registry);
     sink.record(&record());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while counter(
-        &registry,
-        "tokentap_otlp_spans_dropped_total",
-        Some("export_failed"),
-    ) < 1
-    {
-        assert!(std::time::Instant::now() < deadline, "refusal not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    dropped_as_failed(&registry, 1).await;
     exporter.shutdown(Duration::from_secs(2)).await;
     assert_eq!(
         counter(&registry, "tokentap_otlp_export_errors_total", None),
