@@ -284,22 +284,34 @@ impl MockProvider {
     /// Waits until at least `n` requests have been answered to the end (however it ended) or
     /// the timeout passes; returns the snapshot either way.
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<RequestRecord> {
-        let deadline = Instant::now() + timeout;
-        let mut records = lock(&self.shared.records);
-        loop {
-            let done = records
-                .iter()
-                .filter(|r| r.outcome != Outcome::InProgress)
-                .count();
-            let now = Instant::now();
-            if done >= n || now >= deadline {
-                return records.clone();
-            }
-            records = match self.shared.changed.wait_timeout(records, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
+        wait_answered(&self.shared.records, &self.shared.changed, n, timeout)
+    }
+}
+
+/// Waits until at least `n` of `records` have been answered to the end (however it ended) or
+/// `timeout` passes, woken by `changed`; returns the snapshot either way. Shared by the
+/// HTTP/1 and HTTP/2 mocks.
+fn wait_answered(
+    records: &Mutex<Vec<RequestRecord>>,
+    changed: &Condvar,
+    n: usize,
+    timeout: Duration,
+) -> Vec<RequestRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut records = lock(records);
+    loop {
+        let done = records
+            .iter()
+            .filter(|r| r.outcome != Outcome::InProgress)
+            .count();
+        let now = Instant::now();
+        if done >= n || now >= deadline {
+            return records.clone();
         }
+        records = match changed.wait_timeout(records, deadline - now) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -120,22 +120,7 @@ impl H2MockProvider {
 
     /// Waits until `n` requests were answered to the end or the timeout passes.
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<RequestRecord> {
-        let deadline = Instant::now() + timeout;
-        let mut records = lock(&self.shared.records);
-        loop {
-            let done = records
-                .iter()
-                .filter(|r| r.outcome != Outcome::InProgress)
-                .count();
-            let now = Instant::now();
-            if done >= n || now >= deadline {
-                return records.clone();
-            }
-            records = match self.shared.changed.wait_timeout(records, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
+        super::wait_answered(&self.shared.records, &self.shared.changed, n, timeout)
     }
 }
 
