@@ -798,25 +798,7 @@ fn serve_connection(
                 .and_then(|t| t.protocol_version())
                 .map(|v| format!("{v:?}"))
                 .unwrap_or_default(),
-            method: head.method.clone(),
-            target: head.target.clone(),
-            http_version: head.version.clone(),
-            host: head.header("host").map(str::to_owned),
-            user_agent: head.header("user-agent").map(str::to_owned),
-            accept_encoding: head.header("accept-encoding").map(str::to_owned),
-            api: reply.api.to_owned(),
-            request_model: request_model_of(&head, &body),
-            response_model: reply.response_model.clone(),
-            stream,
-            status: reply.status,
-            error_type: reply.error_type.clone(),
-            chunks_planned: match &reply.body {
-                Body::Stream(p) => u32::try_from(p.chunks.len()).unwrap_or(u32::MAX),
-                Body::Whole(_) => 0,
-            },
-            request_body_bytes: body.len(),
-            t_request_mono_ns: t_request,
-            ..RequestRecord::default()
+            ..RequestRecord::of_request(&head, &body, &reply, stream, t_request)
         };
         let idx = {
             let mut records = lock(&shared.records);
@@ -886,6 +868,34 @@ fn request_model_of(head: &Head, body: &[u8]) -> Option<String> {
 
 /// Chooses the provider module and builds the answer; also says whether the request asked
 /// for a stream.
+impl RequestRecord {
+    /// What a request and the reply planned for it say, for the HTTP/1 and HTTP/2 mocks alike
+    /// (the connection's fields are the caller's).
+    fn of_request(head: &Head, body: &[u8], reply: &Reply, stream: bool, t_request: u64) -> Self {
+        Self {
+            method: head.method.clone(),
+            target: head.target.clone(),
+            http_version: head.version.clone(),
+            host: head.header("host").map(str::to_owned),
+            user_agent: head.header("user-agent").map(str::to_owned),
+            accept_encoding: head.header("accept-encoding").map(str::to_owned),
+            api: reply.api.to_owned(),
+            request_model: request_model_of(head, body),
+            response_model: reply.response_model.clone(),
+            stream,
+            status: reply.status,
+            error_type: reply.error_type.clone(),
+            chunks_planned: match &reply.body {
+                Body::Stream(p) => u32::try_from(p.chunks.len()).unwrap_or(u32::MAX),
+                Body::Whole(_) => 0,
+            },
+            request_body_bytes: body.len(),
+            t_request_mono_ns: t_request,
+            ..Self::default()
+        }
+    }
+}
+
 fn route(head: &Head, body: &[u8], seq: u64) -> (Reply, Scenario, bool) {
     let (path, query) = head
         .target

@@ -641,3 +641,30 @@ pub fn check_mock_chain(mock: &MockProvider, calls: &[CallTruth], tag: &str) {
         );
     }
 }
+
+/// After a C client's calls: the mock answered them as the client says, and the agent's
+/// `/metrics` at `addr` (given time to sync, and the coverage gauge a rescan) count the same
+/// requests, 429s and tokens. Returns the scrape for further checks; `who` names the client in
+/// the failure message.
+pub fn agent_counts_equal_c_client(
+    addr: &str,
+    mock: &MockProvider,
+    calls: &[CallTruth],
+    tag: &str,
+    who: &str,
+) -> (String, Vec<Sample>) {
+    mock.wait_requests(calls.len(), Duration::from_secs(10));
+    check_mock_chain(mock, calls, tag);
+    // The agent logs an exchange within its 20 ms poll; metrics are synced 4 times a second,
+    // the coverage gauge at every rescan (1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let (text, samples) = scrape(addr).expect("scrape /metrics");
+    let expected = Totals::of_calls(calls);
+    assert!(expected.input_tokens > 0 && expected.output_tokens > 0 && expected.status_429 == 1);
+    assert_eq!(
+        Totals::of_metrics(&samples, tag),
+        expected,
+        "the agent's counters differ from what {who} saw:\n{text}"
+    );
+    (text, samples)
+}

@@ -17,15 +17,15 @@
 //! Needs root, gcc and android-libboringssl-dev (`cargo xtask setup` installs them). Run with
 //! `cargo xtask test`.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tokentap_tests::{
     harness::{Agent, privileged_tests_enabled},
     mock_provider::MockProvider,
     tls_stacks::{
-        CallTruth, Totals, agent_addr, boringssl_lib_dir, boringssl_tls_client, check_mock_chain,
-        coverage_gauge, row_stacks, run_c_client, scrape, status_row,
+        CallTruth, agent_addr, agent_counts_equal_c_client, boringssl_lib_dir,
+        boringssl_tls_client, coverage_gauge, row_stacks, run_c_client, status_row,
     },
 };
 
@@ -86,19 +86,8 @@ fn boringssl_client_equals_exchange_log_and_metrics() {
         .unwrap_or_else(|| panic!("no {hooked:?} in the agent's log:\n{agent_log}"));
     assert_eq!(functions.trim(), "SSL_read, SSL_write, SSL_free");
 
-    mock.wait_requests(calls.len(), Duration::from_secs(10));
-    check_mock_chain(&mock, &calls, &tag);
-    // The agent logs an exchange within its 20 ms poll; metrics are synced 4 times a second,
-    // the coverage gauge at every rescan (1 s).
-    std::thread::sleep(Duration::from_millis(2500));
-    let (text, samples) = scrape(&addr).expect("scrape /metrics");
-    let expected = Totals::of_calls(&calls);
-    assert!(expected.input_tokens > 0 && expected.output_tokens > 0 && expected.status_429 == 1);
-    assert_eq!(
-        Totals::of_metrics(&samples, &tag),
-        expected,
-        "the agent's counters differ from what the BoringSSL client saw:\n{text}"
-    );
+    let (text, samples) =
+        agent_counts_equal_c_client(&addr, &mock, &calls, &tag, "the BoringSSL client");
     assert!(
         coverage_gauge(&samples, "hooked", "boringssl") >= Some(1.0),
         "{text}"

@@ -26,8 +26,8 @@ use tokentap_tests::{
     harness::{Agent, privileged_tests_enabled},
     mock_provider::MockProvider,
     tls_stacks::{
-        Totals, agent_addr, check_mock_chain, coverage_gauge, row_stacks, run_c_client, scrape,
-        static_tls_client, status_row,
+        Totals, agent_addr, agent_counts_equal_c_client, check_mock_chain, coverage_gauge,
+        row_stacks, run_c_client, scrape, static_tls_client, status_row,
     },
 };
 
@@ -60,17 +60,8 @@ fn static_openssl_client_equals_metrics_and_stripped_copy_is_reported() {
         &agent,
         &mock,
     );
-    mock.wait_requests(calls.len(), Duration::from_secs(10));
-    check_mock_chain(&mock, &calls, &tag);
-    std::thread::sleep(Duration::from_millis(2500));
-    let (text, samples) = scrape(&addr).expect("scrape /metrics");
-    let expected = Totals::of_calls(&calls);
-    assert!(expected.input_tokens > 0 && expected.output_tokens > 0 && expected.status_429 == 1);
-    assert_eq!(
-        Totals::of_metrics(&samples, &tag),
-        expected,
-        "the agent's counters differ from what the static client saw:\n{text}"
-    );
+    let (text, samples) =
+        agent_counts_equal_c_client(&addr, &mock, &calls, &tag, "the static client");
     let row = status_row(held.pid(), &[]).expect("tokentap status lists the static client");
     assert_eq!(
         row_stacks(&row),

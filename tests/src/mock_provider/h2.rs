@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     Body, HOSTS, Head, Outcome, RequestRecord, generate_certs, gzip_all, lock, make_temp_dir,
-    monotonic_ns, request_model_of, route,
+    monotonic_ns, route,
 };
 
 #[derive(Debug, Default)]
@@ -237,25 +237,7 @@ async fn answer(
             sni: conn.sni,
             alpn: Some("h2".into()),
             tls_version: conn.tls_version,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            http_version: head.version.clone(),
-            host: head.header("host").map(str::to_owned),
-            user_agent: head.header("user-agent").map(str::to_owned),
-            accept_encoding: head.header("accept-encoding").map(str::to_owned),
-            api: reply.api.to_owned(),
-            request_model: request_model_of(&head, &body),
-            response_model: reply.response_model.clone(),
-            stream,
-            status: reply.status,
-            error_type: reply.error_type.clone(),
-            chunks_planned: match &reply.body {
-                Body::Stream(p) => u32::try_from(p.chunks.len()).unwrap_or(u32::MAX),
-                Body::Whole(_) => 0,
-            },
-            request_body_bytes: body.len(),
-            t_request_mono_ns: t_request,
-            ..RequestRecord::default()
+            ..RequestRecord::of_request(&head, &body, &reply, stream, t_request)
         });
         records.len() - 1
     };
