@@ -246,6 +246,24 @@ pub fn record_for<'a>(records: &'a [AgentRecord], model: &str) -> Vec<&'a AgentR
         .collect()
 }
 
+/// The one record for `model`, which must have ended with `error_type` and report no output
+/// tokens (they never arrived whole); returned for further checks.
+pub fn only_failed_record<'a>(
+    records: &'a [AgentRecord],
+    model: &str,
+    error_type: &str,
+) -> &'a AgentRecord {
+    let found = record_for(records, model);
+    assert_eq!(found.len(), 1, "one record for {model}: {records:#?}");
+    let r = found[0];
+    assert_eq!(r.error_type.as_deref(), Some(error_type), "{r:?}");
+    assert_eq!(
+        r.tokens.output, None,
+        "no output count may be reported: {r:?}"
+    );
+    r
+}
+
 /// The mock's record of the request for `model`.
 pub fn mock_record(mock: &MockProvider, model: &str) -> RequestRecord {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokentap_tests::fault::{Client, LoggedAgent, assert_exact, record_for};
+use tokentap_tests::fault::{Client, LoggedAgent, assert_exact, only_failed_record, record_for};
 use tokentap_tests::harness::{Capture, privileged_tests_enabled};
 use tokentap_tests::mock_provider::MockProvider;
 use tokentap_tests::prom;
@@ -47,14 +47,10 @@ fn client_killed_mid_stream_is_interrupted_without_tokens() {
     let pid = client.pid;
     client.kill();
     let records = agent.records_of(pid, 1);
-    let found = record_for(&records, model);
-    assert_eq!(found.len(), 1, "{records:#?}");
-    let r = found[0];
+    let r = only_failed_record(&records, model, "stream_interrupted");
     assert_eq!(r.http_status, Some(200));
-    assert_eq!(r.error_type.as_deref(), Some("stream_interrupted"), "{r:?}");
     assert_eq!(
-        (r.tokens.input, r.tokens.output),
-        (None, None),
+        r.tokens.input, None,
         "usage never arrived: no token count may be reported: {r:?}"
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -93,34 +89,14 @@ fn server_cutting_a_stream_or_a_body_is_interrupted() {
     let pid = client.pid;
     let _ = client.wait_exit();
     let records = agent.records_of(pid, 1);
-    let r = record_for(&records, stream);
-    assert_eq!(r.len(), 1, "{records:#?}");
-    assert_eq!(
-        r[0].error_type.as_deref(),
-        Some("stream_interrupted"),
-        "{:?}",
-        r[0]
-    );
-    assert_eq!(r[0].tokens.output, None, "{:?}", r[0]);
+    only_failed_record(&records, stream, "stream_interrupted");
 
     let mut client = Client::fault(&mock, "calls", &["--model", body], &[]);
     let pid = client.pid;
     let _ = client.wait_exit();
     let records = agent.records_of(pid, 1);
-    let r = record_for(&records, body);
-    assert_eq!(r.len(), 1, "{records:#?}");
-    assert_eq!(
-        r[0].error_type.as_deref(),
-        Some("response_interrupted"),
-        "{:?}",
-        r[0]
-    );
-    assert_eq!(
-        (r[0].tokens.input, r[0].tokens.output),
-        (None, None),
-        "{:?}",
-        r[0]
-    );
+    let r = only_failed_record(&records, body, "response_interrupted");
+    assert_eq!(r.tokens.input, None, "{r:?}");
 
     // And the next call, on a new connection, is exact.
     let client = Client::fault(&mock, "calls", &["--model", after], &[]);
@@ -279,15 +255,7 @@ fn reused_ssl_addresses_never_merge_exchanges() {
         let model = format!("{base}-r{i}");
         if i % 2 == 0 {
             // Abandoned after the first line: interrupted, no output count.
-            let r = record_for(&records, &model);
-            assert_eq!(r.len(), 1, "{model}: {records:#?}");
-            assert_eq!(
-                r[0].error_type.as_deref(),
-                Some("stream_interrupted"),
-                "{:?}",
-                r[0]
-            );
-            assert_eq!(r[0].tokens.output, None, "{:?}", r[0]);
+            only_failed_record(&records, &model, "stream_interrupted");
         } else {
             assert_exact(&records, &mock, &model);
         }
